@@ -1,0 +1,366 @@
+"""Residual Prompt Tuning (Razdaibiedina et al., Findings of ACL 2023): train a soft prompt, optionally through a
+residual MLP, for a frozen T5 on a GLUE / SuperGLUE task, with early stopping; write scores and the prompt.
+
+One GPU (the paper's Residual PT setting, Sec. 4.1):
+    python train.py --task cb --prefix_MLP MLP1 --lr 0.3 --freeze_weights 1 --early_stopping 1 \
+        --get_test_subset 1 --num_epochs 20 --prefix_len 10 --model_name t5-base --save_dir runs --save_name cb_mlp1
+CPU, offline, tiny model (smoke test, ~1 min):
+    python scripts/make_tiny_t5.py tiny_t5
+    python train.py --task cb --data_dir ../shared/data --model_name tiny_t5 --prefix_MLP MLP1 \
+        --freeze_weights 1 --early_stopping 1 --get_test_subset 1 --num_epochs 2 --save_dir runs --save_name x
+Full fine-tuning baseline (the original's bash_finetune.sh):
+    python train.py --task cb --prefix_len 0 --freeze_weights 0 --lr 3e-4 --batch_size 4 --num_epochs 50 \
+        --early_stopping 1 --save_dir runs --save_name cb_ft
+SLURM sweep: see scripts/ and the README.
+
+Writes save_dir/save_name/{args.json, results.json, score_dict.npy, prompt.npy, checkpoint.pt[, model/]}.
+Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (NaN/inf loss).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default also prints the whole usage)
+        self.exit(EXIT_BAD_INPUT, f"train.py: error: {message} (see python train.py --help)\n")
+
+
+def build_parser() -> Parser:
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    # ---- flags of the original train.py: same names, types and default meaning (0/1 integers are booleans) ----
+    a("--save_dir", type=str, default="runs", help="base directory of runs (original flag)")
+    a("--save_name", type=str, required=True, help="run folder name inside save_dir (original flag)")
+    a("--task", type=str, required=True, help="task name, see data_utils.TASKS (original flag)")
+    a("--model_name", type=str, default="t5-base", help="Hub name or local directory of a T5 checkpoint")
+    a("--num_epochs", type=int, default=5, help="training epochs (paper: 20 for prompt tuning, 50 for fine-tuning)")
+    a("--batch_size", type=int, default=8, help="training batch size (paper: 8; fine-tuning 4)")
+    a("--seq_len", type=int, default=512, help="max encoder length, prompt included (paper: 512)")
+    a("--prefix_len", type=int, default=10, help="prompt length P; 0 = no prompt (full fine-tuning)")
+    a("--prefix_path", type=str, default="", help="a .npy [P, H] prompt to start from (= --prompt_init file)")
+    a("--lr", type=float, default=0.3, help="learning rate of prompt and model (paper: 0.3; fine-tuning 3e-4)")
+    a("--mlp_dropout", type=float, default=0.0, help="dropout in MLP1/MLP2, before the LayerNorm")
+    a("--limit_val_set", type=int, default=-1, help="keep at most N validation rows per class (-1: all); "
+      "the original parsed this and ignored it")
+    a("--select_k_per_class", type=int, default=-1, help="few-shot: k training rows per class (-1: all)")
+    a("--test_eval_after_every_task", type=int, default=0, choices=[0, 1],
+      help="1: with --get_test_subset 1, also score the test subset at every validation (test_history in "
+           "results.json); without a test subset, re-score the final state on the full validation split at the "
+           "end (final_eval). The original parsed this and ignored it")
+    a("--freeze_weights", type=int, default=0, choices=[0, 1], help="1: freeze the model (prompt tuning)")
+    a("--freeze_except", type=str, default="xxxxxxx",
+      help="with --freeze_weights 1, parameters whose name contains this string stay trainable")
+    a("--get_test_subset", type=int, default=0, choices=[0, 1],
+      help="1: split validation in half: validation (early stopping) and test (reported)")
+    a("--early_stopping", type=int, default=0, choices=[0, 1], help="1: keep the best validation state")
+    a("--random_prompt_init", type=int, default=0, choices=[0, 1], help="1: = --prompt_init uniform")
+    a("--prefix_MLP", type=str, default="None",
+      help="reparameterization: None, MLP1 (Residual PT), MLP2, LSTM, LSTM1, LSTM2, transformer")
+    a("--residual", type=int, default=1, choices=[0, 1], help="skip connection around the reparameterization")
+    a("--separate_mlps", type=int, default=0, choices=[0, 1], help="1: one network per prompt token")
+    a("--mlp_layer_norm", type=int, default=1, choices=[0, 1], help="LayerNorm in MLP1/MLP2")
+    a("--nonlinearity", type=str, default="relu", choices=["relu", "tanh", "sigm"], help="MLP activation")
+    a("--bottleneck_size", type=int, default=800, help="MLP bottleneck width M (original default 800)")
+    # ---- new flags ----
+    a("--seed", type=int, default=0, help="seed of prompt init, reparameterization init and dropout")
+    a("--data_seed", type=int, default=0, help="seed of data order and few-shot selection (original: 0)")
+    a("--device", type=str, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    a("--data_dir", type=str, default=os.environ.get("RPT_DATA_DIR"),
+      help="offline data: folder with glue/ and super_glue/ official downloads (default: $RPT_DATA_DIR, else Hub)")
+    a("--prompt_init", type=str, default=None,
+      help="vocab (default, original), vocab_top5000 (Lester et al.), uniform, class_labels, file")
+    a("--overwrite", type=int, default=0, choices=[0, 1], help="1: allow writing into a run folder with results")
+    a("--optimizer", type=str, default="legacy_adamw", choices=["legacy_adamw", "torch_adamw"],
+      help="legacy_adamw = transformers' 2022 AdamW used by the paper; torch_adamw = torch.optim.AdamW")
+    a("--mlp_lr", type=float, default=None, help="learning rate of the reparameterization (default: --lr)")
+    a("--weight_decay", type=float, default=1e-5, help="AdamW weight decay (original: fixed 1e-5)")
+    a("--model_dropout", type=int, default=1, choices=[0, 1],
+      help="1: frozen model in train mode, its dropout active (original, reproduces the paper); 0: eval mode")
+    a("--mlp2_shared_weights", type=int, default=0, choices=[0, 1],
+      help="1: MLP2 reuses one block's weights twice, as the original did")
+    a("--pad_to_max_length", type=int, default=0, choices=[0, 1],
+      help="1: pad every batch to --seq_len as the original (same results, slower)")
+    a("--train_eval_batches", type=int, default=0,
+      help="score training predictions on the first N batches of each epoch (original: 250; 0 = off)")
+    a("--eval_every", type=int, default=0,
+      help="validate every N epochs (0: original rule, 1 if num_epochs <= 50, 5 if <= 200, else 25)")
+    a("--eval_batch_size", type=int, default=0, help="evaluation batch size (0: --batch_size)")
+    a("--progress", type=int, default=1, choices=[0, 1], help="tqdm progress bars")
+    return p
+
+
+def explicit_flags(parser, argv):
+    """dests given on the command line (to refuse options that the chosen configuration would ignore)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            probe.add_argument(*action.option_strings, dest=action.dest, default=argparse.SUPPRESS,
+                               type=action.type, nargs=action.nargs)
+    return set(vars(probe.parse_known_args(argv)[0]))
+
+
+def check_args(args, given):
+    """Refuse invalid values and combinations right after parsing; resolve the prompt initializer."""
+    from res_mlp import REPARAM_NAMES, USES_MLP_OPTIONS
+    from train_utils import PROMPT_INITS, ConfigError
+
+    for name in ("batch_size", "num_epochs", "seq_len", "bottleneck_size"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    for name in ("prefix_len", "train_eval_batches", "eval_every", "eval_batch_size"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    for name in ("select_k_per_class", "limit_val_set"):
+        if getattr(args, name) == 0 or getattr(args, name) < -1:
+            raise ConfigError(f"--{name} must be -1 (all) or a positive count, got {getattr(args, name)}")
+    if not args.lr > 0 or (args.mlp_lr is not None and not args.mlp_lr > 0):
+        raise ConfigError(f"learning rates must be positive, got --lr {args.lr} --mlp_lr {args.mlp_lr}")
+    if not 0 <= args.mlp_dropout < 1:
+        raise ConfigError(f"--mlp_dropout must be in [0, 1), got {args.mlp_dropout}")
+    if args.weight_decay < 0:
+        raise ConfigError(f"--weight_decay must be >= 0, got {args.weight_decay}")
+    if args.prefix_MLP not in REPARAM_NAMES:
+        raise ConfigError(f"unknown --prefix_MLP {args.prefix_MLP!r}; valid: {', '.join(REPARAM_NAMES)}")
+    if args.prefix_len >= args.seq_len:
+        raise ConfigError(f"--prefix_len {args.prefix_len} leaves no room for input in --seq_len {args.seq_len}")
+    if args.prefix_len == 0:
+        if args.prefix_MLP != "None":
+            raise ConfigError(f"--prefix_MLP {args.prefix_MLP} needs a prompt: set --prefix_len > 0 "
+                              f"or use --prefix_MLP None for full fine-tuning")
+        if args.freeze_weights:
+            raise ConfigError("--prefix_len 0 --freeze_weights 1 trains nothing: use --freeze_weights 0 "
+                              "(full fine-tuning) or --prefix_len > 0")
+        if {"prefix_path", "prompt_init", "random_prompt_init"} & given and (
+                args.prefix_path or args.prompt_init or args.random_prompt_init):
+            raise ConfigError("prompt options (--prefix_path/--prompt_init/--random_prompt_init) need "
+                              "--prefix_len > 0")
+    # Options of a reparameterization must not be given where they would be ignored.
+    mlp_only = {"mlp_dropout": 0.0, "mlp_layer_norm": 1, "nonlinearity": "relu", "bottleneck_size": 800,
+                "mlp2_shared_weights": 0}
+    for name, default in mlp_only.items():
+        if name in given and getattr(args, name) != default and args.prefix_MLP not in USES_MLP_OPTIONS:
+            raise ConfigError(f"--{name} only applies to --prefix_MLP MLP1/MLP2 (now {args.prefix_MLP}); "
+                              f"drop it or pick an MLP")
+    if args.mlp2_shared_weights and args.prefix_MLP != "MLP2":
+        raise ConfigError("--mlp2_shared_weights 1 only applies to --prefix_MLP MLP2")
+    for name, default in (("residual", 1), ("separate_mlps", 0), ("mlp_lr", None)):
+        if getattr(args, name) != default and args.prefix_MLP == "None":
+            raise ConfigError(f"--{name} applies to a reparameterization; with --prefix_MLP None there is none")
+    if args.freeze_weights == 0 and "freeze_except" in given and args.freeze_except.strip("x"):
+        raise ConfigError(f"--freeze_except {args.freeze_except!r} only acts with --freeze_weights 1 "
+                          f"(now every weight trains): add --freeze_weights 1 or drop it")
+    # Prompt initializer: --prompt_init, or the original's --random_prompt_init / --prefix_path.
+    implied = "uniform" if args.random_prompt_init else ("file" if args.prefix_path else None)
+    if args.random_prompt_init and args.prefix_path:
+        raise ConfigError("--random_prompt_init 1 and --prefix_path both choose the initial prompt: keep one")
+    if args.prompt_init is not None and implied is not None and args.prompt_init != implied:
+        raise ConfigError(f"--prompt_init {args.prompt_init} conflicts with "
+                          f"{'--random_prompt_init 1' if args.random_prompt_init else '--prefix_path'}: keep one")
+    args.prompt_init = args.prompt_init or implied or "vocab"
+    if args.prompt_init not in PROMPT_INITS:
+        raise ConfigError(f"unknown --prompt_init {args.prompt_init!r}; valid: {', '.join(PROMPT_INITS)}")
+    if args.prompt_init == "file" and not args.prefix_path:
+        raise ConfigError("--prompt_init file needs --prefix_path PATH.npy")
+    if args.test_eval_after_every_task and not args.get_test_subset:
+        print("note: --test_eval_after_every_task 1 without --get_test_subset: the final state is re-scored on "
+              "the validation split at the end (final_eval in results.json)")
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    if args.eval_every == 0:  # the original's rule (train.py)
+        args.eval_every = 1 if args.num_epochs <= 50 else 5 if args.num_epochs <= 200 else 25
+    return args
+
+
+def prepare_run_dir(path, overwrite):
+    """Refuse to clobber a finished run; check that the folder is writable before any training."""
+    from train_utils import ConfigError
+
+    taken = [f for f in ("results.json", "checkpoint.pt", "prompt.npy", "score_dict.npy")
+             if os.path.exists(os.path.join(path, f))]
+    if taken and not overwrite:
+        raise ConfigError(f"run folder {path} already holds {', '.join(taken)}: pick another --save_name "
+                          f"or pass --overwrite 1")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "wb") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write to run folder {path} ({e.strerror}); choose a writable --save_dir") from None
+
+
+def load_model(name):
+    """T5ForConditionalGeneration + tokenizer from a Hub name or a local directory."""
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+    from train_utils import ConfigError
+
+    if os.path.sep in name or name.startswith(".") or os.path.exists(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise ConfigError(f"--model_name {name}: no config.json there; give a directory written by "
+                              f"save_pretrained (e.g. python scripts/make_tiny_t5.py {name}) or a Hub name")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = T5ForConditionalGeneration.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot load model {name!r} ({first[:200]}); offline, pass --model_name a local T5 "
+                          f"directory with config.json, weights and tokenizer files") from None
+    return model, tokenizer
+
+
+def versions():
+    import datasets
+    import numpy
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "datasets": datasets.__version__, "numpy": numpy.__version__}
+
+
+def run(args):
+    import numpy as np
+    import torch
+
+    import data_utils
+    import train_utils as tu
+    from res_mlp import build_reparam
+
+    t0 = time.time()
+    save_path = os.path.join(args.save_dir, args.save_name)
+    prepare_run_dir(save_path, args.overwrite)
+
+    # ---- seed and device ----
+    tu.seed_everything(args.seed)
+    device = tu.resolve_device(args.device)
+
+    # ---- data ----
+    task = data_utils.get_task(args.task)
+    splits = data_utils.build_splits(task, args.data_dir, args.select_k_per_class, bool(args.get_test_subset),
+                                     args.limit_val_set, args.data_seed)
+    if not splits["train"] or not splits["val"]:
+        raise tu.ConfigError(f"task {task.name}: the training or validation split is empty after selection; "
+                             f"check --select_k_per_class / --limit_val_set")
+
+    # ---- model ----
+    model, tokenizer = load_model(args.model_name)
+    train = tu.encode_split(task, splits["train"], tokenizer, args.seq_len)
+    val = tu.encode_split(task, splits["val"], tokenizer, args.seq_len, splits.get("val_groups"),
+                          splits.get("val_official_groups"))
+    test = None
+    if splits.get("test"):
+        test = tu.encode_split(task, splits["test"], tokenizer, args.seq_len, splits.get("test_groups"),
+                               splits.get("test_official_groups"))
+    n_model_trainable = tu.freeze_model(model, bool(args.freeze_weights), args.freeze_except)
+    hidden = model.get_input_embeddings().weight.shape[1]
+    prompt, prompt_ids = None, None
+    if args.prefix_len > 0:
+        prompt, prompt_ids = tu.init_prompt(args.prompt_init, model.get_input_embeddings().weight, args.prefix_len,
+                                            args.seed, tokenizer=tokenizer, label_words=task.label_words,
+                                            path=args.prefix_path)
+    reparam = build_reparam(args.prefix_MLP, hidden, args.prefix_len, args.bottleneck_size, args.nonlinearity,
+                            bool(args.mlp_layer_norm), args.mlp_dropout, bool(args.residual),
+                            bool(args.separate_mlps), bool(args.mlp2_shared_weights))
+    wrapper = tu.PromptT5(model, prompt, reparam, args.seq_len).to(device)
+    if n_model_trainable == 0 and args.prefix_len == 0:
+        raise tu.ConfigError(f"--freeze_except {args.freeze_except!r} matches no parameter, so nothing trains")
+
+    # ---- optimizer ----
+    optimizer = tu.build_optimizer(args.optimizer, wrapper, args.lr, args.mlp_lr, args.weight_decay)
+
+    # ---- loop ----
+    vars_ = vars(args).copy()
+    tu.save_json(os.path.join(save_path, "args.json"), vars_)
+    full_model = args.prefix_len == 0 or not args.freeze_weights
+    pad_to = args.seq_len if args.pad_to_max_length else None
+    info = {"task": task.name, "device": str(device), "versions": versions(),
+            "n_examples": {"train": len(train), "validation": len(val), "test": len(test) if test else 0},
+            "trainable_params": {
+                "prompt": 0 if prompt is None else int(prompt.numel()),
+                "reparam": 0 if reparam is None else sum(p.numel() for p in reparam.parameters()),
+                "model": int(n_model_trainable)},
+            "prompt_init": {"method": args.prompt_init if prompt is not None else None,
+                            "token_ids": None if prompt_ids is None else [int(i) for i in prompt_ids]}}
+
+    def write_progress(history, final=None):
+        score_dict = {"val": {"acc": [e["metric"] for e in history.evals], "loss": [e["loss"] for e in history.evals]},
+                      "train": {"acc": history.train_acc, "loss": history.train_loss}}
+        tu.save_npy(os.path.join(save_path, "score_dict.npy"), score_dict, allow_pickle=True)
+        results = {**info, "complete": final is not None, "validation": history.evals,
+                   "train": {"loss": history.train_loss, "acc": history.train_acc, "step_losses": history.step_losses},
+                   "best_epoch": history.best_epoch,
+                   "best_val_score": None if history.best_epoch is None else history.best_score,
+                   "wall_time_s": round(time.time() - t0, 3)}
+        if args.test_eval_after_every_task and test is not None:
+            results["test_history"] = history.test_evals
+        results.update(final or {})
+        tu.save_json(os.path.join(save_path, "results.json"), results)
+
+    try:
+        history, best = tu.fit(
+            wrapper, optimizer, train, val, task, tokenizer, device, epochs=args.num_epochs,
+            batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, eval_every=args.eval_every,
+            early_stopping=bool(args.early_stopping), model_dropout=bool(args.model_dropout),
+            train_eval_batches=args.train_eval_batches, pad_to=pad_to, test=test,
+            test_every_eval=bool(args.test_eval_after_every_task), full_model=full_model,
+            on_eval=write_progress, progress=bool(args.progress))
+    except tu.NonFiniteLoss as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+
+    # ---- final evaluation with the best state, then save ----
+    tu.load_snapshot(wrapper, best)
+    final = {}
+    if test is not None:
+        final["test"] = _scores(tu.evaluate(wrapper, test, task, tokenizer, args.eval_batch_size, device, pad_to))
+    elif args.test_eval_after_every_task:
+        final["final_eval"] = {"split": "validation", **_scores(
+            tu.evaluate(wrapper, val, task, tokenizer, args.eval_batch_size, device, pad_to))}
+    if best["projected_prompt"] is not None:
+        # differs from original: it saved the final *raw* prompt; inference needs the best *projected* one.
+        tu.save_npy(os.path.join(save_path, "prompt.npy"), best["projected_prompt"].numpy())
+    tu.save_checkpoint(os.path.join(save_path, "checkpoint.pt"), best, vars_,
+                       {"best_epoch": history.best_epoch, "best_val_score": history.best_score
+                        if history.best_epoch is not None else None})
+    if full_model and args.prefix_len == 0:
+        wrapper.model.save_pretrained(os.path.join(save_path, "model"))
+        tokenizer.save_pretrained(os.path.join(save_path, "model"))
+    write_progress(history, final={**final, "complete": True})
+    best_txt = "" if history.best_epoch is None else f" best epoch {history.best_epoch} val {history.best_score:.4f}"
+    test_txt = f" test {final['test']['score']:.4f}" if "test" in final else ""
+    print(f"done: {task.name}{best_txt}{test_txt} -> {save_path}")
+    return 0
+
+
+def _scores(res):
+    return {k: res[k] for k in ("score", "metric", "official", "loss")}
+
+
+def main(argv=None):
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    from data_utils import DataError
+    from train_utils import ConfigError
+
+    try:
+        check_args(args, explicit_flags(parser, argv))
+        return run(args)
+    except (ConfigError, DataError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
