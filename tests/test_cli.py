@@ -1,0 +1,189 @@
+"""train.py end to end on a tiny T5 and real data: outputs, the original's commands, bad input."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from res_mlp import build_reparam
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args, env_extra=None, cwd=ROOT):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_extra or {})}
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def hashes(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(folder).rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cb_run(tiny_t5_dir, data_dir, tmp_path_factory):
+    """The Core issue's acceptance command, through the real CLI."""
+    save_dir = tmp_path_factory.mktemp("runs")
+    proc = run_cli(["--task", "cb", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
+                    "--prefix_MLP", "MLP1", "--freeze_weights", "1", "--early_stopping", "1", "--get_test_subset", "1",
+                    "--num_epochs", "2", "--save_dir", str(save_dir), "--save_name", "x", "--progress", "0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return save_dir / "x", proc
+
+
+def test_cb_run_writes_every_output(cb_run):
+    run_dir, proc = cb_run
+    assert {"args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"} <= set(os.listdir(run_dir))
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["prompt_init"] == "vocab" and args["eval_every"] == 1 and args["eval_batch_size"] == 8
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["complete"] is True and res["task"] == "cb" and res["device"] == "cpu"
+    # CB validation (56 rows) is cut in half: 28 validation, 28 test
+    assert res["n_examples"] == {"train": 250, "validation": 28, "test": 28}
+    assert [e["epoch"] for e in res["validation"]] == [0, 1]
+    for e in res["validation"] + [res["test"]]:
+        assert len(e["metric"]) == 2 and e["score"] == pytest.approx(np.mean(e["metric"]))
+        assert np.isfinite(e["loss"]) and set(e["official"]) >= {"acc", "f1_macro"}
+    assert len(res["train"]["loss"]) == 2 and len(res["train"]["step_losses"][0]) == 32  # ceil(250 / 8)
+    best = max(res["validation"], key=lambda e: e["score"])  # first best wins ties
+    assert res["best_epoch"] == best["epoch"] and res["best_val_score"] == best["score"]
+    assert res["trainable_params"]["model"] == 0 and res["trainable_params"]["prompt"] == 10 * 32
+    assert set(res["versions"]) >= {"torch", "transformers"} and res["wall_time_s"] > 0
+    assert "done: cb" in proc.stdout
+
+    score_dict = np.load(run_dir / "score_dict.npy", allow_pickle=True).item()
+    assert set(score_dict) == {"val", "train"} and set(score_dict["val"]) == {"acc", "loss"}
+    assert score_dict["val"]["loss"] == [e["loss"] for e in res["validation"]]
+    assert len(score_dict["train"]["loss"]) == 2
+
+
+def test_prompt_npy_is_the_mlp_applied_to_the_checkpointed_raw_prompt(cb_run):
+    run_dir, _ = cb_run
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    args = ckpt["args"]
+    assert args["prefix_MLP"] == "MLP1" and ckpt["prompt"].shape == (10, 32)
+    net = build_reparam(args["prefix_MLP"], 32, args["prefix_len"], args["bottleneck_size"], args["nonlinearity"],
+                        bool(args["mlp_layer_norm"]), args["mlp_dropout"], bool(args["residual"]),
+                        bool(args["separate_mlps"]))
+    net.load_state_dict(ckpt["reparam"])
+    net.eval()
+    prompt = np.load(run_dir / "prompt.npy")
+    assert prompt.shape == (10, 32) and prompt.dtype == np.float32
+    np.testing.assert_allclose(prompt, net(ckpt["prompt"]).detach().numpy(), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(prompt, ckpt["prompt"].numpy())  # the projection is not the identity
+
+
+def test_existing_run_is_never_overwritten_without_flag(cb_run, tiny_t5_dir, data_dir):
+    run_dir, _ = cb_run
+    before = hashes(run_dir)
+    argv = ["--task", "cb", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir), "--freeze_weights", "1",
+            "--num_epochs", "1", "--save_dir", str(run_dir.parent), "--save_name", "x", "--progress", "0"]
+    proc = run_cli(argv)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "already holds" in proc.stderr and "--overwrite 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert hashes(run_dir) == before
+
+
+def test_original_readme_command_runs_verbatim(tiny_t5_dir, data_dir, tmp_path):
+    """The original README's example, with only its paths made local (model dir; data through $RPT_DATA_DIR)."""
+    cmd = (f"--task wsc --prefix_MLP MLP1 --lr 0.3 --freeze_weights 1 --freeze_except xxxx "
+           f"--model_name {tiny_t5_dir} --early_stopping 1 --test_eval_after_every_task 1 --select_k_per_class -1 "
+           f"--batch_size 8 --num_epochs 20 --prefix_len 10 --save_dir {tmp_path} --save_name NAME").split()
+    proc = run_cli(cmd, env_extra={"RPT_DATA_DIR": str(data_dir), "TQDM_DISABLE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "NAME" / "results.json").read_text())
+    assert res["n_examples"]["train"] == 259 and res["n_examples"]["validation"] == 38  # label-1 rows only
+    assert len(res["validation"]) == 20 and res["final_eval"]["split"] == "validation"
+
+
+def test_full_finetuning_saves_the_model(tiny_t5_dir, data_dir, tmp_path):
+    code = train.main(["--task", "cb", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
+                       "--prefix_len", "0", "--freeze_weights", "0", "--lr", "3e-4", "--batch_size", "4",
+                       "--num_epochs", "1", "--save_dir", str(tmp_path), "--save_name", "ft", "--progress", "0"])
+    assert code == 0
+    run_dir = tmp_path / "ft"
+    assert (run_dir / "model" / "config.json").exists() and not (run_dir / "prompt.npy").exists()
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["trainable_params"]["model"] > 1_000_000 and res["trainable_params"]["prompt"] == 0
+    from transformers import T5ForConditionalGeneration
+
+    saved = T5ForConditionalGeneration.from_pretrained(run_dir / "model")
+    original = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir)
+    assert not torch.equal(saved.shared.weight, original.shared.weight)
+
+
+@pytest.mark.parametrize("reparam,extra", [("None", []), ("LSTM1", []), ("MLP2", ["--separate_mlps", "1"]),
+                                           ("transformer", ["--prompt_init", "class_labels", "--model_dropout", "0"])])
+def test_other_configurations_run(reparam, extra, tiny_t5_dir, data_dir, tmp_path):
+    code = train.main(["--task", "cb", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
+                       "--prefix_MLP", reparam, "--freeze_weights", "1", "--num_epochs", "1", "--select_k_per_class",
+                       "4", "--save_dir", str(tmp_path), "--save_name", "r", "--progress", "0", *extra])
+    assert code == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["complete"] and np.isfinite(res["train"]["loss"][0])
+    assert np.load(tmp_path / "r" / "prompt.npy").shape == (10, 32)
+
+
+# ---- bad input: one line on stderr, exit 2, no traceback ---------------------------------------------------
+BAD = [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--prefix_MLP", "MLP9"], "valid: None, MLP1"),
+    (["--prefix_len", "0", "--prefix_MLP", "MLP1"], "needs a prompt"),
+    (["--prefix_len", "0", "--freeze_weights", "1"], "trains nothing"),
+    (["--batch_size", "0"], "--batch_size must be a positive"),
+    (["--num_epochs", "-1"], "--num_epochs must be a positive"),
+    (["--seq_len", "0"], "--seq_len must be a positive"),
+    (["--prefix_len", "-3"], "--prefix_len must be >= 0"),
+    (["--prefix_len", "600"], "leaves no room"),
+    (["--lr", "0"], "learning rates must be positive"),
+    (["--mlp_dropout", "1.5", "--prefix_MLP", "MLP1"], "--mlp_dropout must be in"),
+    (["--select_k_per_class", "0"], "--select_k_per_class must be -1"),
+    (["--nonlinearity", "tanh"], "only applies to --prefix_MLP MLP1/MLP2"),
+    (["--residual", "0"], "with --prefix_MLP None there is none"),
+    (["--random_prompt_init", "1", "--prefix_path", "x.npy"], "keep one"),
+    (["--prompt_init", "file"], "needs --prefix_path"),
+    (["--prompt_init", "zeros"], "valid: vocab"),
+    (["--freeze_except", "shared"], "only acts with --freeze_weights 1"),
+    (["--device", "cuda:7"], "cuda"),
+    (["--nonlinearity", "gelu"], "invalid choice"),
+    (["--batch_size", "eight"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input_exits_2_with_one_line(extra, message, data_dir, tmp_path, capsys):
+    argv = ["--task", "cb", "--data_dir", str(data_dir), "--model_name", str(tmp_path / "no_model"),
+            "--save_dir", str(tmp_path), "--save_name", "bad", "--progress", "0"]
+    # later flags override earlier ones
+    try:
+        code = train.main(argv + extra)
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_bad_model_dir_and_prefix_path(tiny_t5_dir, data_dir, tmp_path, capsys):
+    base = ["--task", "cb", "--data_dir", str(data_dir), "--save_dir", str(tmp_path), "--progress", "0"]
+    assert train.main(base + ["--save_name", "a", "--model_name", str(tmp_path / "missing")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    np.save(tmp_path / "p.npy", np.zeros((3, 32), dtype=np.float32))
+    assert train.main(base + ["--save_name", "b", "--model_name", str(tiny_t5_dir),
+                              "--prefix_path", str(tmp_path / "p.npy")]) == 2
+    assert "expected a numeric [prefix_len, H] = [10, 32]" in capsys.readouterr().err
+
+
+def test_missing_data_file_names_the_path(tiny_t5_dir, tmp_path, capsys):
+    (tmp_path / "data" / "super_glue" / "CB").mkdir(parents=True)
+    code = train.main(["--task", "cb", "--data_dir", str(tmp_path / "data"), "--model_name", str(tiny_t5_dir),
+                       "--save_dir", str(tmp_path), "--save_name", "m", "--progress", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.jsonl" in err and err.count("\n") == 1
