@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 EXIT_BAD_INPUT = 2
@@ -180,7 +181,8 @@ def check_args(args, given):
 
 
 def prepare_run_dir(path, overwrite):
-    """Refuse to clobber a finished run; check that the folder is writable before any training."""
+    """Refuse to clobber a finished run, and check that the run folder can be written, before anything is loaded
+    or trained. Creates nothing: the folder is made only once the run starts."""
     from train_utils import ConfigError
 
     taken = [f for f in ("results.json", "checkpoint.pt", "prompt.npy", "score_dict.npy")
@@ -188,21 +190,23 @@ def prepare_run_dir(path, overwrite):
     if taken and not overwrite:
         raise ConfigError(f"run folder {path} already holds {', '.join(taken)}: pick another --save_name "
                           f"or pass --overwrite 1")
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
-        with open(probe, "wb") as f:
-            f.write(b"x" * 4096)
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):  # the nearest folder that exists: the run folder will be made inside it
+        if os.path.exists(existing):
+            raise ConfigError(f"cannot create run folder {path}: {existing} is a file; choose another --save_dir")
+        existing = os.path.dirname(existing)
+    try:  # a real write (not os.access): catches read-only mounts, full disks and quota
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-") as f:
+            f.write(b"x" * 65536)
             f.flush()
             os.fsync(f.fileno())
-        os.unlink(probe)
     except OSError as e:
-        raise ConfigError(f"cannot write to run folder {path} ({e.strerror}); choose a writable --save_dir") from None
+        raise ConfigError(f"cannot write under {existing} ({e.strerror}); choose a writable --save_dir") from None
 
 
 def load_model(name):
     """T5ForConditionalGeneration + tokenizer from a Hub name or a local directory."""
-    from transformers import AutoTokenizer, T5ForConditionalGeneration
+    from transformers import AutoConfig, AutoTokenizer, T5ForConditionalGeneration
     from train_utils import ConfigError
 
     if os.path.sep in name or name.startswith(".") or os.path.exists(name):
@@ -210,9 +214,15 @@ def load_model(name):
             raise ConfigError(f"--model_name {name}: no config.json there; give a directory written by "
                               f"save_pretrained (e.g. python scripts/make_tiny_t5.py {name}) or a Hub name")
     try:
+        config = AutoConfig.from_pretrained(name)
+        if config.model_type not in ("t5", "mt5"):
+            raise ConfigError(f"--model_name {name} is a {config.model_type!r} model; train.py tunes prompts for "
+                              f"T5 encoder-decoders (t5-base, google/t5-v1_1-base, google/flan-t5-base, ...)")
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = T5ForConditionalGeneration.from_pretrained(name)
-    except (OSError, ValueError) as e:
+    except ConfigError:
+        raise
+    except Exception as e:  # any failure here is a problem with the model the user named
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot load model {name!r} ({first[:200]}); offline, pass --model_name a local T5 "
                           f"directory with config.json, weights and tokenizer files") from None
@@ -280,9 +290,10 @@ def run(args):
     optimizer = tu.build_optimizer(args.optimizer, wrapper, args.lr, args.mlp_lr, args.weight_decay)
 
     # ---- loop ----
+    os.makedirs(save_path, exist_ok=True)
     vars_ = vars(args).copy()
     tu.save_json(os.path.join(save_path, "args.json"), vars_)
-    full_model = args.prefix_len == 0 or not args.freeze_weights
+    full_model = n_model_trainable > 0  # some model weights train: snapshots and outputs must include the model
     pad_to = args.seq_len if args.pad_to_max_length else None
     info = {"task": task.name, "device": str(device), "versions": versions(),
             "n_examples": {"train": len(train), "validation": len(val), "test": len(test) if test else 0},
@@ -333,7 +344,7 @@ def run(args):
     tu.save_checkpoint(os.path.join(save_path, "checkpoint.pt"), best, vars_,
                        {"best_epoch": history.best_epoch, "best_val_score": history.best_score
                         if history.best_epoch is not None else None})
-    if full_model and args.prefix_len == 0:
+    if full_model:
         wrapper.model.save_pretrained(os.path.join(save_path, "model"))
         tokenizer.save_pretrained(os.path.join(save_path, "model"))
     write_progress(history, final={**final, "complete": True})

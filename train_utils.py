@@ -311,8 +311,7 @@ def freeze_model(model, freeze: bool, except_substring: str):
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size, device, pad_to=None,
-             max_batches=None):
+def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size, device, pad_to=None):
     """Greedy generation + the original's normalization and metric, the official metric, and the loss.
 
     Runs with the model and reparameterization in eval mode (as the original's validate()) and restores the
@@ -323,20 +322,15 @@ def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size
     try:
         prompt = wrapper.projected_prompt()
         decoded, targets, losses, counts = [], [], [], []
-        for i, batch in enumerate(make_batches(split, batch_size, task.target_len, pad_to)):
-            if max_batches is not None and i >= max_batches:
-                break
+        for batch in make_batches(split, batch_size, task.target_len, pad_to):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             out = wrapper.generate(batch["source_ids"], task.target_len, prompt)
             decoded += tokenizer.batch_decode(out.tolist(), skip_special_tokens=False)
             targets += tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)
             losses.append(wrapper.loss(batch, prompt).float())
             counts.append(batch["source_ids"].shape[0])
-        n = len(decoded)
-        groups = split.groups[:n] if split.groups is not None and n == len(split) else None
-        official_groups = split.official_groups[:n] if split.official_groups is not None else None
-        result = data_utils.evaluate(task, decoded, targets, groups=groups, official_groups=official_groups,
-                                     training=max_batches is not None)
+        result = data_utils.evaluate(task, decoded, targets, groups=split.groups,
+                                     official_groups=split.official_groups)
         # Mean of batch means, as the original (np.mean over batch losses), in float64.
         result["loss"] = float(np.mean([l.item() for l in losses])) if losses else float("nan")
         result["predictions"] = decoded
@@ -432,6 +426,9 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
             entry = {"epoch": epoch, "score": res["score"], "metric": res["metric"], "official": res["official"],
                      "loss": res["loss"]}
             history.evals.append(entry)
+            metric = "/".join(f"{v:.4f}" for v in np.atleast_1d(res["metric"]))
+            tqdm.write(f"epoch {epoch}: train loss {history.train_loss[-1]:.4f} | validation score "
+                       f"{res['score']:.4f} (metric {metric}) loss {res['loss']:.4f}")
             if test is not None and test_every_eval:
                 t = evaluate(wrapper, test, task, tokenizer, eval_batch_size, device, pad_to)
                 history.test_evals.append({"epoch": epoch, "score": t["score"], "metric": t["metric"],
@@ -465,12 +462,17 @@ def load_snapshot(wrapper: PromptT5, snap):
 # --------------------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------------------
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path, write):
     """Write through a temporary file in the same directory, fsync, then os.replace: a crash leaves either the old
     file or the new one, never a torn one."""
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -483,15 +485,21 @@ def atomic_write(path, write):
 
 
 def save_json(path, obj):
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, default=_json_default) + "\n").encode()))
+    """Strict JSON (NaN and inf become null, so every JSON reader accepts the file)."""
+    text = json.dumps(_plain(obj), indent=2, allow_nan=False)
+    atomic_write(path, lambda f: f.write((text + "\n").encode()))
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o)}")
+def _plain(o):
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
 
 
 def save_checkpoint(path, snap, args: dict, extra: dict | None = None):

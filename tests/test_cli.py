@@ -22,6 +22,12 @@ def run_cli(args, env_extra=None, cwd=ROOT):
                           timeout=600)
 
 
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def hashes(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(folder).rglob("*") if p.is_file()}
 
@@ -42,8 +48,9 @@ def test_cb_run_writes_every_output(cb_run):
     assert {"args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"} <= set(os.listdir(run_dir))
     args = json.loads((run_dir / "args.json").read_text())
     assert args["prompt_init"] == "vocab" and args["eval_every"] == 1 and args["eval_batch_size"] == 8
-    res = json.loads((run_dir / "results.json").read_text())
+    res = json.loads((run_dir / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert res["complete"] is True and res["task"] == "cb" and res["device"] == "cpu"
+    assert res["train"]["acc"] == [None, None]  # --train_eval_batches 0: not computed, written as null
     # CB validation (56 rows) is cut in half: 28 validation, 28 test
     assert res["n_examples"] == {"train": 250, "validation": 28, "test": 28}
     assert [e["epoch"] for e in res["validation"]] == [0, 1]
@@ -55,7 +62,8 @@ def test_cb_run_writes_every_output(cb_run):
     assert res["best_epoch"] == best["epoch"] and res["best_val_score"] == best["score"]
     assert res["trainable_params"]["model"] == 0 and res["trainable_params"]["prompt"] == 10 * 32
     assert set(res["versions"]) >= {"torch", "transformers"} and res["wall_time_s"] > 0
-    assert "done: cb" in proc.stdout
+    assert "done: cb" in proc.stdout and "epoch 1: train loss" in proc.stdout
+    assert oct((run_dir / "results.json").stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
 
     score_dict = np.load(run_dir / "score_dict.npy", allow_pickle=True).item()
     assert set(score_dict) == {"val", "train"} and set(score_dict["val"]) == {"acc", "loss"}
@@ -187,3 +195,90 @@ def test_missing_data_file_names_the_path(tiny_t5_dir, tmp_path, capsys):
                        "--save_dir", str(tmp_path), "--save_name", "m", "--progress", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "train.jsonl" in err and err.count("\n") == 1
+
+
+def test_flags_the_original_ignored_now_act(tiny_t5_dir, data_dir, tmp_path):
+    """--limit_val_set, --test_eval_after_every_task (with a test subset), --train_eval_batches, --eval_every."""
+    code = train.main(["--task", "rte_superglue", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
+                       "--prefix_MLP", "MLP1", "--freeze_weights", "1", "--select_k_per_class", "4",
+                       "--get_test_subset", "1", "--limit_val_set", "3", "--test_eval_after_every_task", "1",
+                       "--train_eval_batches", "1", "--num_epochs", "3", "--eval_every", "2", "--nonlinearity",
+                       "tanh", "--save_dir", str(tmp_path), "--save_name", "f", "--progress", "0"])
+    assert code == 0
+    res = json.loads((tmp_path / "f" / "results.json").read_text())
+    # 4 per class for training; validation 277 -> 138 / 139 halves, then at most 3 per class for validation
+    assert res["n_examples"] == {"train": 8, "validation": 6, "test": 139}
+    assert [e["epoch"] for e in res["validation"]] == [0, 2]
+    assert [e["epoch"] for e in res["test_history"]] == [0, 2]
+    assert all(isinstance(a, float) for a in res["train"]["acc"])  # computed on the first batch of each epoch
+    ckpt = torch.load(tmp_path / "f" / "checkpoint.pt", weights_only=True)
+    assert ckpt["args"]["nonlinearity"] == "tanh"
+
+
+def test_same_seed_same_prompt_other_seed_other_prompt(tiny_t5_dir, data_dir, tmp_path):
+    def run(name, seed):
+        assert train.main(["--task", "rte_superglue", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
+                           "--prefix_MLP", "MLP1", "--freeze_weights", "1", "--select_k_per_class", "8",
+                           "--limit_val_set", "4", "--num_epochs", "2", "--seed", str(seed), "--save_dir",
+                           str(tmp_path), "--save_name", name, "--progress", "0"]) == 0
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        return np.load(tmp_path / name / "prompt.npy"), res["train"]["step_losses"]
+
+    (p1, l1), (p2, l2), (p3, l3) = run("a", 1), run("b", 1), run("c", 2)
+    assert np.array_equal(p1, p2) and l1 == l2
+    assert not np.allclose(p1, p3) and l1 != l3
+
+
+def test_eval_every_follows_the_original_rule():
+    parser = train.build_parser()
+    for epochs, every in ((20, 1), (50, 1), (51, 5), (200, 5), (201, 25)):
+        args = parser.parse_args(["--task", "cb", "--save_name", "x", "--num_epochs", str(epochs)])
+        assert train.check_args(args, set()).eval_every == every
+
+
+def test_malformed_jsonl_names_file_and_line(tiny_t5_dir, data_dir, tmp_path, capsys):
+    cb = tmp_path / "data" / "super_glue" / "CB"
+    cb.mkdir(parents=True)
+    lines = (data_dir / "super_glue" / "CB" / "train.jsonl").read_text().splitlines()
+    (cb / "train.jsonl").write_text("\n".join(lines[:4] + ['{"premise": "x", "hypothesis": '] + lines[4:]) + "\n")
+    (cb / "val.jsonl").write_text((data_dir / "super_glue" / "CB" / "val.jsonl").read_text())
+    before = hashes(tmp_path / "data")
+    code = train.main(["--task", "cb", "--data_dir", str(tmp_path / "data"), "--model_name", str(tiny_t5_dir),
+                       "--save_dir", str(tmp_path / "runs"), "--save_name", "m", "--progress", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.jsonl line 5" in err and err.count("\n") == 1
+    assert hashes(tmp_path / "data") == before and not (tmp_path / "runs").exists()
+
+
+def test_corrupt_or_non_t5_model_is_one_line(tiny_t5_dir, data_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_t5_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    base = ["--task", "cb", "--data_dir", str(data_dir), "--save_dir", str(tmp_path / "runs"), "--progress", "0"]
+    assert train.main(base + ["--save_name", "a", "--model_name", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load model" in err and err.count("\n") == 1
+    cfg = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
+    assert train.main(base + ["--save_name", "b", "--model_name", str(broken)]) == 2
+    assert "is a 'bert' model" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing is created before the run can start
+
+
+def test_freeze_except_trains_and_saves_the_matching_weights(tiny_t5_dir, data_dir, tmp_path):
+    """--freeze_except shared: the prompt and the embedding table train; the best state includes the table."""
+    assert train.main(["--task", "rte_superglue", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
+                       "--freeze_weights", "1", "--freeze_except", "shared", "--select_k_per_class", "4",
+                       "--limit_val_set", "4", "--num_epochs", "2", "--early_stopping", "1", "--save_dir",
+                       str(tmp_path), "--save_name", "e", "--progress", "0"]) == 0
+    res = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert res["trainable_params"]["model"] == 32128 * 32
+    from transformers import T5ForConditionalGeneration
+
+    saved = T5ForConditionalGeneration.from_pretrained(tmp_path / "e" / "model")
+    original = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir)
+    assert not torch.equal(saved.shared.weight, original.shared.weight)
+    assert torch.equal(saved.encoder.block[0].layer[0].SelfAttention.q.weight,
+                       original.encoder.block[0].layer[0].SelfAttention.q.weight)
