@@ -19,7 +19,6 @@ Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (NaN/i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -240,13 +239,9 @@ def versions():
 
 
 def run(args):
-    import numpy as np
-    import torch
 
     import data_utils
     import train_utils as tu
-    from res_mlp import build_reparam
-
     t0 = time.time()
     save_path = os.path.join(args.save_dir, args.save_name)
     prepare_run_dir(save_path, args.overwrite)
@@ -272,19 +267,8 @@ def run(args):
     if splits.get("test"):
         test = tu.encode_split(task, splits["test"], tokenizer, args.seq_len, splits.get("test_groups"),
                                splits.get("test_official_groups"))
-    n_model_trainable = tu.freeze_model(model, bool(args.freeze_weights), args.freeze_except)
-    hidden = model.get_input_embeddings().weight.shape[1]
-    prompt, prompt_ids = None, None
-    if args.prefix_len > 0:
-        prompt, prompt_ids = tu.init_prompt(args.prompt_init, model.get_input_embeddings().weight, args.prefix_len,
-                                            args.seed, tokenizer=tokenizer, label_words=task.label_words,
-                                            path=args.prefix_path)
-    reparam = build_reparam(args.prefix_MLP, hidden, args.prefix_len, args.bottleneck_size, args.nonlinearity,
-                            bool(args.mlp_layer_norm), args.mlp_dropout, bool(args.residual),
-                            bool(args.separate_mlps), bool(args.mlp2_shared_weights))
-    wrapper = tu.PromptT5(model, prompt, reparam, args.seq_len).to(device)
-    if n_model_trainable == 0 and args.prefix_len == 0:
-        raise tu.ConfigError(f"--freeze_except {args.freeze_except!r} matches no parameter, so nothing trains")
+    wrapper, prompt_ids, n_model_trainable = tu.build_prompt_model(model, args, tokenizer, task.label_words)
+    wrapper.to(device)
 
     # ---- optimizer ----
     optimizer = tu.build_optimizer(args.optimizer, wrapper, args.lr, args.mlp_lr, args.weight_decay)
@@ -298,10 +282,10 @@ def run(args):
     info = {"task": task.name, "device": str(device), "versions": versions(),
             "n_examples": {"train": len(train), "validation": len(val), "test": len(test) if test else 0},
             "trainable_params": {
-                "prompt": 0 if prompt is None else int(prompt.numel()),
-                "reparam": 0 if reparam is None else sum(p.numel() for p in reparam.parameters()),
-                "model": int(n_model_trainable)},
-            "prompt_init": {"method": args.prompt_init if prompt is not None else None,
+                "prompt": 0 if wrapper.prompt is None else wrapper.prompt.numel(),
+                "reparam": 0 if wrapper.reparam is None else sum(p.numel() for p in wrapper.reparam.parameters()),
+                "model": n_model_trainable},
+            "prompt_init": {"method": args.prompt_init if wrapper.prompt is not None else None,
                             "token_ids": None if prompt_ids is None else [int(i) for i in prompt_ids]}}
 
     def write_progress(history, final=None):
@@ -334,10 +318,11 @@ def run(args):
     tu.load_snapshot(wrapper, best)
     final = {}
     if test is not None:
-        final["test"] = _scores(tu.evaluate(wrapper, test, task, tokenizer, args.eval_batch_size, device, pad_to))
+        final["test"] = _scores(tu.evaluate(wrapper, test, task, tokenizer, args.eval_batch_size, device, pad_to,
+                                             args.batch_size))
     elif args.test_eval_after_every_task:
         final["final_eval"] = {"split": "validation", **_scores(
-            tu.evaluate(wrapper, val, task, tokenizer, args.eval_batch_size, device, pad_to))}
+            tu.evaluate(wrapper, val, task, tokenizer, args.eval_batch_size, device, pad_to, args.batch_size))}
     if best["projected_prompt"] is not None:
         # differs from original: it saved the final *raw* prompt; inference needs the best *projected* one.
         tu.save_npy(os.path.join(save_path, "prompt.npy"), best["projected_prompt"].numpy())

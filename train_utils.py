@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import data_utils
+from res_mlp import build_reparam
 
 
 class ConfigError(ValueError):
@@ -288,6 +289,20 @@ class PromptT5(nn.Module):
                              decoder_attention_mask=target_mask)
         return out.loss
 
+    def token_losses(self, batch, prompt=None):
+        """Per example: the sum of target-token cross-entropies and the number of target tokens ([B], [B]).
+        sum / count over a batch is exactly ``loss``; keeping them per example lets evaluation rebuild the
+        original's batch means whatever batch size it runs with."""
+        source_ids, target_ids = batch["source_ids"], batch["target_ids"]
+        labels = target_ids.masked_fill(target_ids == 0, -100)  # [B, L]
+        embeds, mask = self.encoder_inputs(source_ids, prompt)
+        inputs = {"input_ids": source_ids[:, :self.seq_len]} if embeds is None else {"inputs_embeds": embeds}
+        logits = self.model(**inputs, attention_mask=mask[:, :self.seq_len], labels=labels,
+                            decoder_attention_mask=(target_ids != 0).long()).logits  # [B, L, V]
+        ce = nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
+                                         reduction="none")  # [B, L]
+        return ce.sum(1), (labels != -100).sum(1)
+
     @torch.no_grad()
     def generate(self, source_ids, max_length, prompt=None):
         """Greedy decoding of max_length - 1 tokens after the decoder start (the original's generate(max_length))."""
@@ -307,37 +322,65 @@ def freeze_model(model, freeze: bool, except_substring: str):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def build_prompt_model(model, args, tokenizer=None, label_words=()):
+    """Freeze the model (--freeze_weights/--freeze_except), initialize the prompt (--prompt_init) and build the
+    reparameterization (--prefix_MLP and its options) from the resolved arguments.
+    Returns (PromptT5 on the CPU, the prompt's token ids or None, number of trainable model parameters)."""
+    n_model_trainable = freeze_model(model, bool(args.freeze_weights), args.freeze_except)
+    embedding = model.get_input_embeddings().weight  # [V, H]
+    prompt, prompt_ids = None, None
+    if args.prefix_len > 0:
+        prompt, prompt_ids = init_prompt(args.prompt_init, embedding, args.prefix_len, args.seed,
+                                         tokenizer=tokenizer, label_words=label_words, path=args.prefix_path)
+    reparam = build_reparam(args.prefix_MLP, embedding.shape[1], args.prefix_len, args.bottleneck_size,
+                            args.nonlinearity, bool(args.mlp_layer_norm), args.mlp_dropout, bool(args.residual),
+                            bool(args.separate_mlps), bool(args.mlp2_shared_weights))
+    return PromptT5(model, prompt, reparam, args.seq_len), prompt_ids, n_model_trainable
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size, device, pad_to=None):
+def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size, device, pad_to=None,
+             loss_batch_size=None):
     """Greedy generation + the original's normalization and metric, the official metric, and the loss.
 
     Runs with the model and reparameterization in eval mode (as the original's validate()) and restores the
-    previous modes. Returns {"score", "metric", "official", "loss", "predictions"}.
+    previous modes. The loss is the original's: the mean over consecutive batches of ``loss_batch_size`` rows
+    (its validation batch was the training batch) of each batch's mean token loss; it does not depend on the
+    ``batch_size`` evaluation runs with. Returns {"score", "metric", "official", "loss", "predictions"}.
     """
     modes = [(m, m.training) for m in wrapper.modules()]
     wrapper.eval()
     try:
         prompt = wrapper.projected_prompt()
-        decoded, targets, losses, counts = [], [], [], []
+        decoded, targets, sums, counts = [], [], [], []
         for batch in make_batches(split, batch_size, task.target_len, pad_to):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             out = wrapper.generate(batch["source_ids"], task.target_len, prompt)
             decoded += tokenizer.batch_decode(out.tolist(), skip_special_tokens=False)
             targets += tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)
-            losses.append(wrapper.loss(batch, prompt).float())
-            counts.append(batch["source_ids"].shape[0])
+            s, c = wrapper.token_losses(batch, prompt)
+            sums.append(s)
+            counts.append(c)
         result = data_utils.evaluate(task, decoded, targets, groups=split.groups,
                                      official_groups=split.official_groups)
-        # Mean of batch means, as the original (np.mean over batch losses), in float64.
-        result["loss"] = float(np.mean([l.item() for l in losses])) if losses else float("nan")
+        result["loss"] = _mean_of_batch_means(torch.cat(sums), torch.cat(counts), loss_batch_size or batch_size)
         result["predictions"] = decoded
         return result
     finally:
         for m, was_training in modes:
             m.train(was_training)
+
+
+def _mean_of_batch_means(sums, counts, batch_size):
+    """np.mean over batches of (token-loss sum / token count), in float64, as the original averaged its batches."""
+    sums, counts = sums.double().cpu().numpy(), counts.double().cpu().numpy()
+    if not len(sums):
+        return float("nan")
+    cuts = range(0, len(sums), batch_size)
+    return float(np.mean([sums[i:i + batch_size].sum() / counts[i:i + batch_size].sum() for i in cuts]))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -377,6 +420,19 @@ def _snapshot(wrapper: PromptT5, full_model: bool):
     }
 
 
+def train_step(wrapper: PromptT5, optimizer, batch, prompt=None):
+    """One optimizer step on one batch, as the original's loop: loss.backward(); step(); zero_grad().
+    ``prompt`` is the projected prompt of this step (computed by the caller when it also generates with it).
+    Returns the loss (a detached tensor: no host sync here)."""
+    if prompt is None:
+        prompt = wrapper.projected_prompt()
+    loss = wrapper.loss(batch, prompt)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokenizer, device, *, epochs, batch_size,
         eval_batch_size, eval_every, early_stopping, model_dropout, train_eval_batches=0, pad_to=None,
         test: EncodedSplit | None = None, test_every_eval=False, full_model=False, on_eval=None, progress=True):
@@ -406,11 +462,7 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
                     out = wrapper.generate(batch["source_ids"], task.target_len, prompt)
                 decoded += tokenizer.batch_decode(out.tolist(), skip_special_tokens=False)
                 targets += tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)
-            loss = wrapper.loss(batch, prompt)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            epoch_losses.append(loss.detach())
+            epoch_losses.append(train_step(wrapper, optimizer, batch, prompt))
         losses = torch.stack(epoch_losses).float().cpu().numpy() if epoch_losses else np.zeros(0)
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
@@ -422,7 +474,7 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
             data_utils.evaluate(task, decoded, targets, training=True)["metric"] if decoded else float("nan"))
 
         if epoch % eval_every == 0:
-            res = evaluate(wrapper, val, task, tokenizer, eval_batch_size, device, pad_to)
+            res = evaluate(wrapper, val, task, tokenizer, eval_batch_size, device, pad_to, batch_size)
             entry = {"epoch": epoch, "score": res["score"], "metric": res["metric"], "official": res["official"],
                      "loss": res["loss"]}
             history.evals.append(entry)
@@ -430,7 +482,7 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
             tqdm.write(f"epoch {epoch}: train loss {history.train_loss[-1]:.4f} | validation score "
                        f"{res['score']:.4f} (metric {metric}) loss {res['loss']:.4f}")
             if test is not None and test_every_eval:
-                t = evaluate(wrapper, test, task, tokenizer, eval_batch_size, device, pad_to)
+                t = evaluate(wrapper, test, task, tokenizer, eval_batch_size, device, pad_to, batch_size)
                 history.test_evals.append({"epoch": epoch, "score": t["score"], "metric": t["metric"],
                                            "official": t["official"], "loss": t["loss"]})
             # differs from original: its best score started at 0.0, so a run whose scores are all <= 0 (CoLA's

@@ -195,5 +195,13 @@ def test_evaluate_restores_modes_and_scores(t5_tokenizer, data_dir):
     assert len(res["predictions"]) == 10 and math.isfinite(res["loss"])
     assert len(res["metric"]) == 2 and res["score"] == pytest.approx(np.mean(res["metric"]))
     # batch size does not change predictions
-    res8 = tu.evaluate(wrapper, split, task, t5_tokenizer, batch_size=8, device="cpu")
+    res8 = tu.evaluate(wrapper, split, task, t5_tokenizer, batch_size=8, device="cpu", loss_batch_size=4)
     assert res8["predictions"] == res["predictions"]
+    assert res8["loss"] == pytest.approx(res["loss"], rel=1e-5)  # the loss keeps the batches of 4 it reports
+    # ... and it is the mean of the per-batch mean token losses, as the original computed it
+    batches = list(tu.make_batches(split, 4, 5))
+    with torch.no_grad():
+        wrapper.eval()
+        means = [wrapper.loss(b, wrapper.projected_prompt()).item() for b in batches]
+        wrapper.train()
+    assert res["loss"] == pytest.approx(np.mean(means), rel=1e-5)
