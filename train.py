@@ -11,22 +11,30 @@ CPU, offline, tiny model (smoke test, ~1 min):
 Full fine-tuning baseline (the original's bash_finetune.sh):
     python train.py --task cb --prefix_len 0 --freeze_weights 0 --lr 3e-4 --batch_size 4 --num_epochs 50 \
         --early_stopping 1 --save_dir runs --save_name cb_ft
-SLURM sweep: see scripts/ and the README.
+SLURM (requeued on preemption or time limit, resumed exactly from the last checkpoint):
+    mkdir -p logs && sbatch --array=0-5 scripts/prompt_tune.sbatch
 
-Writes save_dir/save_name/{args.json, results.json, score_dict.npy, prompt.npy, checkpoint.pt[, model/]}.
-Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (NaN/inf loss).
+Writes save_dir/save_name/{args.json, results.json, score_dict.npy, prompt.npy, checkpoint.pt[, model/]}, and
+train_state.pt while training (every epoch and every --save_every_steps steps; removed when the run completes).
+Running the same command again continues an interrupted run (--resume auto) or does nothing for a finished one.
+Exit codes: 0 done (or already complete), 2 bad input (one line on stderr), 3 training diverged (NaN/inf loss),
+75 stopped by SIGTERM/SIGUSR1 after writing a checkpoint: run the same command again (requeue) to continue.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: a checkpoint was written; run again to continue (the sbatch scripts requeue)
+OUTPUTS = ("results.json", "checkpoint.pt", "prompt.npy", "score_dict.npy", "train_state.pt")
 
 
 class Parser(argparse.ArgumentParser):
@@ -78,7 +86,13 @@ def build_parser() -> Parser:
       help="offline data: folder with glue/ and super_glue/ official downloads (default: $RPT_DATA_DIR, else Hub)")
     a("--prompt_init", type=str, default=None,
       help="vocab (default, original), vocab_top5000 (Lester et al.), uniform, class_labels, file")
-    a("--overwrite", type=int, default=0, choices=[0, 1], help="1: allow writing into a run folder with results")
+    a("--overwrite", type=int, default=0, choices=[0, 1],
+      help="1: start over in a run folder that holds results or a checkpoint (its files are replaced)")
+    a("--resume", type=str, default="auto", choices=["auto", "never"],
+      help="auto: continue the run folder's checkpoint when the run-defining arguments match (a finished run: "
+           "nothing to do); never: refuse an existing run folder unless --overwrite 1")
+    a("--save_every_steps", type=int, default=0,
+      help="also write the training state every N optimizer steps (0: at the end of every epoch only)")
     a("--optimizer", type=str, default="legacy_adamw", choices=["legacy_adamw", "torch_adamw"],
       help="legacy_adamw = transformers' 2022 AdamW used by the paper; torch_adamw = torch.optim.AdamW")
     a("--mlp_lr", type=float, default=None, help="learning rate of the reparameterization (default: --lr)")
@@ -116,7 +130,7 @@ def check_args(args, given):
     for name in ("batch_size", "num_epochs", "seq_len", "bottleneck_size"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    for name in ("prefix_len", "train_eval_batches", "eval_every", "eval_batch_size"):
+    for name in ("prefix_len", "train_eval_batches", "eval_every", "eval_batch_size", "save_every_steps"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ("select_k_per_class", "limit_val_set"):
@@ -179,16 +193,36 @@ def check_args(args, given):
     return args
 
 
-def prepare_run_dir(path, overwrite):
-    """Refuse to clobber a finished run, and check that the run folder can be written, before anything is loaded
-    or trained. Creates nothing: the folder is made only once the run starts."""
+def inspect_run_dir(path, args):
+    """What to do with the run folder, decided before anything is loaded: 'fresh', 'resume' (returns the loaded
+    training state too) or 'complete'. Refuses to clobber a run, and checks that the folder can be written.
+    Creates nothing: the folder is made once the run starts."""
+    from checkpoints import TRAIN_STATE, differing_args, load_train_state
     from train_utils import ConfigError
 
-    taken = [f for f in ("results.json", "checkpoint.pt", "prompt.npy", "score_dict.npy")
-             if os.path.exists(os.path.join(path, f))]
-    if taken and not overwrite:
-        raise ConfigError(f"run folder {path} already holds {', '.join(taken)}: pick another --save_name "
-                          f"or pass --overwrite 1")
+    mode, state = "fresh", None
+    taken = [f for f in OUTPUTS if os.path.exists(os.path.join(path, f))]
+    if taken and not args.overwrite:
+        if args.resume == "never":
+            raise ConfigError(f"run folder {path} already holds {', '.join(taken)}: pick another --save_name, "
+                              f"pass --resume auto to continue it, or --overwrite 1 to start over")
+        results, saved_args = _read_json(os.path.join(path, "results.json")), None
+        if os.path.exists(os.path.join(path, TRAIN_STATE)):
+            try:
+                state = load_train_state(os.path.join(path, TRAIN_STATE))
+            except Exception as e:  # a torn or foreign file: say so, never guess
+                raise ConfigError(f"cannot read the checkpoint {os.path.join(path, TRAIN_STATE)} ({type(e).__name__}):"
+                                  f" pass --overwrite 1 to start over") from None
+            mode, saved_args = "resume", state["args"]
+        elif results.get("complete"):
+            mode, saved_args = "complete", _read_json(os.path.join(path, "args.json"))
+        else:  # an unfinished run that never wrote a checkpoint: nothing to continue from
+            raise ConfigError(f"run folder {path} holds {', '.join(taken)} of an unfinished run without a checkpoint"
+                              f" to continue: pass --overwrite 1 to start over or pick another --save_name")
+        diff = differing_args(saved_args or {}, vars(args))
+        if diff:
+            raise ConfigError(f"run folder {path} holds a run with other arguments ({'; '.join(diff)}): rerun with "
+                              f"its arguments, pick another --save_name, or pass --overwrite 1 to replace it")
     existing = os.path.abspath(path)
     while not os.path.isdir(existing):  # the nearest folder that exists: the run folder will be made inside it
         if os.path.exists(existing):
@@ -201,6 +235,33 @@ def prepare_run_dir(path, overwrite):
             os.fsync(f.fileno())
     except OSError as e:
         raise ConfigError(f"cannot write under {existing} ({e.strerror}); choose a writable --save_dir") from None
+    return mode, state
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+class StopSignal:
+    """SIGTERM/SIGUSR1 (SLURM's warning before preemption or the time limit): checkpoint at the next step boundary
+    and exit 75. A second signal exits at once; every file is written atomically, so nothing is torn."""
+
+    def __init__(self):
+        self.name = None
+
+    def __call__(self, signum, frame):
+        if self.name is not None:
+            os._exit(EXIT_INTERRUPTED)
+        self.name = signal.Signals(signum).name
+        print(f"train.py: {self.name} received: writing a checkpoint at the next step boundary, then exiting "
+              f"(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def __bool__(self):
+        return self.name is not None
 
 
 def load_model(name):
@@ -239,12 +300,16 @@ def versions():
 
 
 def run(args):
-
+    import checkpoints as ck
     import data_utils
     import train_utils as tu
+
     t0 = time.time()
     save_path = os.path.join(args.save_dir, args.save_name)
-    prepare_run_dir(save_path, args.overwrite)
+    mode, saved_state = inspect_run_dir(save_path, args)
+    if mode == "complete":
+        print(f"done: {save_path} is already complete (results.json); pass --overwrite 1 to train it again")
+        return 0
 
     # ---- seed and device ----
     tu.seed_everything(args.seed)
@@ -269,15 +334,22 @@ def run(args):
                                splits.get("test_official_groups"))
     wrapper, prompt_ids, n_model_trainable = tu.build_prompt_model(model, args, tokenizer, task.label_words)
     wrapper.to(device)
+    full_model = n_model_trainable > 0  # some model weights train: snapshots and outputs must include the model
 
-    # ---- optimizer ----
+    # ---- optimizer (and the state to continue from) ----
     optimizer = tu.build_optimizer(args.optimizer, wrapper, args.lr, args.mlp_lr, args.weight_decay)
+    state, spent = None, 0.0
+    if mode == "resume":
+        state, spent = ck.restore_train_state(saved_state, wrapper, optimizer)
+        print(f"resuming {save_path} at epoch {state.epoch}, step {state.step}")
+    else:
+        os.makedirs(save_path, exist_ok=True)
+        if os.path.exists(os.path.join(save_path, ck.TRAIN_STATE)):  # --overwrite 1: the old run's state must go
+            os.unlink(os.path.join(save_path, ck.TRAIN_STATE))
 
     # ---- loop ----
-    os.makedirs(save_path, exist_ok=True)
     vars_ = vars(args).copy()
-    tu.save_json(os.path.join(save_path, "args.json"), vars_)
-    full_model = n_model_trainable > 0  # some model weights train: snapshots and outputs must include the model
+    ck.save_json(os.path.join(save_path, "args.json"), vars_)
     pad_to = args.seq_len if args.pad_to_max_length else None
     info = {"task": task.name, "device": str(device), "versions": versions(),
             "n_examples": {"train": len(train), "validation": len(val), "test": len(test) if test else 0},
@@ -288,20 +360,30 @@ def run(args):
             "prompt_init": {"method": args.prompt_init if wrapper.prompt is not None else None,
                             "token_ids": None if prompt_ids is None else [int(i) for i in prompt_ids]}}
 
-    def write_progress(history, final=None):
+    def elapsed():
+        return spent + time.time() - t0
+
+    def write_results(history, final=None):
         score_dict = {"val": {"acc": [e["metric"] for e in history.evals], "loss": [e["loss"] for e in history.evals]},
                       "train": {"acc": history.train_acc, "loss": history.train_loss}}
-        tu.save_npy(os.path.join(save_path, "score_dict.npy"), score_dict, allow_pickle=True)
-        results = {**info, "complete": final is not None, "validation": history.evals,
+        ck.save_npy(os.path.join(save_path, "score_dict.npy"), score_dict, allow_pickle=True)
+        results = {**info, "complete": False, "validation": history.evals,
                    "train": {"loss": history.train_loss, "acc": history.train_acc, "step_losses": history.step_losses},
                    "best_epoch": history.best_epoch,
                    "best_val_score": None if history.best_epoch is None else history.best_score,
-                   "wall_time_s": round(time.time() - t0, 3)}
+                   "wall_time_s": round(elapsed(), 3)}
         if args.test_eval_after_every_task and test is not None:
             results["test_history"] = history.test_evals
         results.update(final or {})
-        tu.save_json(os.path.join(save_path, "results.json"), results)
+        ck.save_json(os.path.join(save_path, "results.json"), results)
 
+    def write_state(s):
+        ck.save_train_state(os.path.join(save_path, ck.TRAIN_STATE), s, wrapper, optimizer, vars_, elapsed(),
+                            full_model)
+
+    stop = StopSignal()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    state = state or tu.TrainState()
     try:
         history, best = tu.fit(
             wrapper, optimizer, train, val, task, tokenizer, device, epochs=args.num_epochs,
@@ -309,10 +391,20 @@ def run(args):
             early_stopping=bool(args.early_stopping), model_dropout=bool(args.model_dropout),
             train_eval_batches=args.train_eval_batches, pad_to=pad_to, test=test,
             test_every_eval=bool(args.test_eval_after_every_task), full_model=full_model,
-            on_eval=write_progress, progress=bool(args.progress))
+            on_eval=write_results, progress=bool(args.progress), state=state,
+            save_every_steps=args.save_every_steps, on_checkpoint=write_state, stop_requested=lambda: bool(stop))
+    except tu.Interrupted as e:
+        print(f"train.py: {e} after {stop.name}; the checkpoint is in {save_path}: run the same command again to "
+              f"continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except tu.NonFiniteLoss as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        write_results(state.history, final={"error": str(e)})
+        print(f"train.py: error: {e} (the last good checkpoint and the best state are kept in {save_path})",
+              file=sys.stderr)
         return EXIT_DIVERGED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     # ---- final evaluation with the best state, then save ----
     tu.load_snapshot(wrapper, best)
@@ -325,14 +417,16 @@ def run(args):
             tu.evaluate(wrapper, val, task, tokenizer, args.eval_batch_size, device, pad_to, args.batch_size))}
     if best["projected_prompt"] is not None:
         # differs from original: it saved the final *raw* prompt; inference needs the best *projected* one.
-        tu.save_npy(os.path.join(save_path, "prompt.npy"), best["projected_prompt"].numpy())
-    tu.save_checkpoint(os.path.join(save_path, "checkpoint.pt"), best, vars_,
+        ck.save_npy(os.path.join(save_path, "prompt.npy"), best["projected_prompt"].numpy())
+    ck.save_checkpoint(os.path.join(save_path, "checkpoint.pt"), best, vars_,
                        {"best_epoch": history.best_epoch, "best_val_score": history.best_score
                         if history.best_epoch is not None else None})
     if full_model:
         wrapper.model.save_pretrained(os.path.join(save_path, "model"))
         tokenizer.save_pretrained(os.path.join(save_path, "model"))
-    write_progress(history, final={**final, "complete": True})
+    write_results(history, final={**final, "complete": True})
+    if os.path.exists(os.path.join(save_path, ck.TRAIN_STATE)):  # complete: results.json now says so
+        os.unlink(os.path.join(save_path, ck.TRAIN_STATE))
     best_txt = "" if history.best_epoch is None else f" best epoch {history.best_epoch} val {history.best_score:.4f}"
     test_txt = f" test {final['test']['score']:.4f}" if "test" in final else ""
     print(f"done: {task.name}{best_txt}{test_txt} -> {save_path}")

@@ -6,10 +6,7 @@ L target length, V vocabulary rows of the embedding table.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -390,6 +387,10 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class Interrupted(RuntimeError):
+    """A stop was requested (SIGTERM/SIGUSR1): the state was checkpointed at a step boundary."""
+
+
 @dataclass
 class History:
     """Everything results.json and score_dict.npy are made of."""
@@ -402,9 +403,21 @@ class History:
     best_score: float = -math.inf
 
 
+@dataclass
+class TrainState:
+    """Where training stands: enough to continue exactly (with the optimizer and RNG states, see checkpoints.py).
+    ``step`` counts the batches of ``epoch`` already trained; ``partial`` holds that epoch's losses and training
+    predictions so far."""
+    epoch: int = 0
+    step: int = 0
+    history: History = field(default_factory=History)
+    best: dict | None = None
+    partial: dict = field(default_factory=lambda: {"losses": [], "decoded": [], "targets": []})
+
+
 def _snapshot(wrapper: PromptT5, full_model: bool):
     """A CPU copy of the trainable state: the projected prompt (eval mode), the raw prompt, the reparameterization,
-    and for full fine-tuning the model's state dict."""
+    and when model weights train, the model's state dict."""
     with torch.no_grad():
         modes = [(m, m.training) for m in wrapper.modules()]
         wrapper.eval()
@@ -433,46 +446,81 @@ def train_step(wrapper: PromptT5, optimizer, batch, prompt=None):
     return loss.detach()
 
 
+def _as_floats(losses):
+    """Loss tensors (or floats restored from a checkpoint) -> float32 values as python floats (one host sync)."""
+    tensors = [l for l in losses if torch.is_tensor(l)]
+    values = iter(torch.stack(tensors).float().cpu().tolist() if tensors else [])
+    return [float(np.float32(next(values) if torch.is_tensor(l) else l)) for l in losses]
+
+
+def _check_finite(losses, epoch, lr):
+    bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLoss(f"training loss became {losses[bad[0]]} at epoch {epoch}, step {bad[0]}; "
+                            f"lower --lr (now {lr}) or check the data")
+
+
 def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokenizer, device, *, epochs, batch_size,
         eval_batch_size, eval_every, early_stopping, model_dropout, train_eval_batches=0, pad_to=None,
-        test: EncodedSplit | None = None, test_every_eval=False, full_model=False, on_eval=None, progress=True):
+        test: EncodedSplit | None = None, test_every_eval=False, full_model=False, on_eval=None, progress=True,
+        state: TrainState | None = None, save_every_steps=0, on_checkpoint=None, stop_requested=lambda: False):
     """Train for ``epochs`` epochs in the split's fixed order (the original never reshuffled), evaluate every
     ``eval_every`` epochs (at epochs 0, N, 2N, ... counted from 0, as the original), and keep the best state.
 
-    Returns (history, best_snapshot). best_snapshot is the state with the best validation score when
-    ``early_stopping``, else the final state.
+    Resumable: ``state`` says where to continue. ``on_checkpoint(state)`` is called at the end of every epoch and
+    every ``save_every_steps`` steps, and at the next step boundary once ``stop_requested()`` is true (then
+    Interrupted is raised). Losses are checked for NaN/inf at each of these points (not every step: no host sync),
+    before any state is saved, so a saved state is always a good one.
+
+    Returns (history, best_snapshot): the state with the best validation score when ``early_stopping``, else the
+    final state.
     """
     from tqdm.auto import tqdm
 
-    history = History()
-    best = None
+    state = state or TrainState()
+    history = state.history
+    lr = optimizer.param_groups[0]["lr"]
     steps_per_epoch = num_batches(len(train), batch_size)
-    for epoch in tqdm(range(epochs), desc="epochs", disable=not progress):
+
+    def checkpoint(epoch_done=False):
+        state.partial["losses"] = _as_floats(state.partial["losses"])
+        _check_finite(state.partial["losses"], state.epoch, lr)
+        if on_checkpoint is not None and not epoch_done:
+            on_checkpoint(state)
+
+    for epoch in tqdm(range(state.epoch, epochs), desc="epochs", disable=not progress, initial=state.epoch,
+                      total=epochs):
         # The original kept the frozen model in train mode (T5 dropout active); --model_dropout 0 turns it off.
         wrapper.train()
         wrapper.model.train(model_dropout)
-        epoch_losses, decoded, targets = [], [], []
+        part = state.partial
         batches = make_batches(train, batch_size, task.target_len, pad_to)
         for i, batch in enumerate(tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
-                                       disable=not progress)):
+                                       disable=not progress, initial=state.step)):
+            if i < state.step:  # resumed inside this epoch: these batches were trained before the stop
+                continue
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             prompt = wrapper.projected_prompt()  # [P, H], once per step
             if i < train_eval_batches:  # the original's training accuracy: generate on the first 250 batches
                 with torch.no_grad():
                     out = wrapper.generate(batch["source_ids"], task.target_len, prompt)
-                decoded += tokenizer.batch_decode(out.tolist(), skip_special_tokens=False)
-                targets += tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)
-            epoch_losses.append(train_step(wrapper, optimizer, batch, prompt))
-        losses = torch.stack(epoch_losses).float().cpu().numpy() if epoch_losses else np.zeros(0)
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
-            raise NonFiniteLoss(f"training loss became {losses[bad[0]]} at epoch {epoch}, step {bad[0]}; "
-                                f"lower --lr (now {optimizer.param_groups[0]['lr']}) or check the data")
-        history.step_losses.append(losses.tolist())
-        history.train_loss.append(float(losses.mean()) if losses.size else float("nan"))
-        history.train_acc.append(
-            data_utils.evaluate(task, decoded, targets, training=True)["metric"] if decoded else float("nan"))
+                part["decoded"] += tokenizer.batch_decode(out.tolist(), skip_special_tokens=False)
+                part["targets"] += tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)
+            part["losses"].append(train_step(wrapper, optimizer, batch, prompt))
+            state.step = i + 1
+            done = epoch * steps_per_epoch + state.step
+            if state.step < steps_per_epoch and (stop_requested() or (save_every_steps and
+                                                                      done % save_every_steps == 0)):
+                checkpoint()
+                if stop_requested():
+                    raise Interrupted(f"stopped at epoch {epoch}, step {state.step}")
 
+        checkpoint(epoch_done=True)
+        losses = part["losses"]
+        history.step_losses.append(losses)
+        history.train_loss.append(float(np.mean(np.asarray(losses, np.float32))) if losses else float("nan"))
+        history.train_acc.append(data_utils.evaluate(task, part["decoded"], part["targets"], training=True)["metric"]
+                                 if part["decoded"] else float("nan"))
         if epoch % eval_every == 0:
             res = evaluate(wrapper, val, task, tokenizer, eval_batch_size, device, pad_to, batch_size)
             entry = {"epoch": epoch, "score": res["score"], "metric": res["metric"], "official": res["official"],
@@ -489,9 +537,16 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
             # MCC, STS-B's Pearson early on) never kept a best state; here the first evaluation always counts.
             if early_stopping and res["score"] > history.best_score:
                 history.best_score, history.best_epoch = res["score"], epoch
-                best = _snapshot(wrapper, full_model)
+                state.best = _snapshot(wrapper, full_model)
             if on_eval is not None:
                 on_eval(history)
+        state.epoch, state.step = epoch + 1, 0
+        state.partial = {"losses": [], "decoded": [], "targets": []}
+        if on_checkpoint is not None:
+            on_checkpoint(state)
+        if stop_requested() and state.epoch < epochs:
+            raise Interrupted(f"stopped after epoch {epoch}")
+    best = state.best
     if not early_stopping or best is None:
         best = _snapshot(wrapper, full_model)
         if history.evals:
@@ -509,58 +564,3 @@ def load_snapshot(wrapper: PromptT5, snap):
             wrapper.reparam.load_state_dict(snap["reparam"])
         if snap["model"] is not None:
             wrapper.model.load_state_dict(snap["model"])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------------------------
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path, write):
-    """Write through a temporary file in the same directory, fsync, then os.replace: a crash leaves either the old
-    file or the new one, never a torn one."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_json(path, obj):
-    """Strict JSON (NaN and inf become null, so every JSON reader accepts the file)."""
-    text = json.dumps(_plain(obj), indent=2, allow_nan=False)
-    atomic_write(path, lambda f: f.write((text + "\n").encode()))
-
-
-def _plain(o):
-    if isinstance(o, dict):
-        return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_plain(v) for v in o]
-    if isinstance(o, (np.floating, np.integer, np.bool_)):
-        o = o.item()
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
-
-
-def save_checkpoint(path, snap, args: dict, extra: dict | None = None):
-    """checkpoint.pt: raw prompt + reparameterization state + resolved args (plain types only, so
-    torch.load(path, weights_only=True) reads it)."""
-    obj = {"prompt": snap["prompt"], "reparam": snap["reparam"], "projected_prompt": snap["projected_prompt"],
-           "args": args, **(extra or {})}
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def save_npy(path, array, allow_pickle=False):
-    atomic_write(path, lambda f: np.save(f, array, allow_pickle=allow_pickle))

@@ -94,7 +94,8 @@ def test_existing_run_is_never_overwritten_without_flag(cb_run, tiny_t5_dir, dat
             "--num_epochs", "1", "--save_dir", str(run_dir.parent), "--save_name", "x", "--progress", "0"]
     proc = run_cli(argv)
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "already holds" in proc.stderr and "--overwrite 1" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "holds a run with other arguments" in proc.stderr
+    assert "--prefix_MLP 'MLP1' (saved) != 'None' (now)" in proc.stderr and "--overwrite 1" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert hashes(run_dir) == before
 
