@@ -267,7 +267,10 @@ class StopSignal:
 def load_model(name):
     """T5ForConditionalGeneration + tokenizer from a Hub name or a local directory."""
     from transformers import AutoConfig, AutoTokenizer, T5ForConditionalGeneration
+    from transformers.utils import logging as hf_logging
     from train_utils import ConfigError
+
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar on stderr is noise around our own output
 
     if os.path.sep in name or name.startswith(".") or os.path.exists(name):
         if not os.path.isfile(os.path.join(name, "config.json")):

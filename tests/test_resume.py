@@ -160,3 +160,20 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
         checkpoints.atomic_write(str(target), broken)
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temporary file left behind
+
+
+def test_sbatch_wrapper_forwards_slurms_signal_and_keeps_exit_75(baseline, tiny_t5_dir, data_dir, tmp_path):
+    """scripts/requeue_on_signal.sh as an sbatch script runs it: SIGUSR1 to the wrapper reaches train.py."""
+    args = train_args(tiny_t5_dir, data_dir, tmp_path, "wrap")
+    proc = subprocess.Popen(["bash", "scripts/requeue_on_signal.sh", sys.executable, "train.py", *args], cwd=ROOT,
+                            env={k: v for k, v in ENV.items() if not k.startswith("SLURM")}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    state_file = tmp_path / "wrap" / "train_state.pt"
+    deadline = time.time() + 300
+    while not state_file.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75 and "SIGUSR1 received" in err, err[-2000:]
+    assert run(args).returncode == 0
+    assert outcome(tmp_path / "wrap") == baseline
