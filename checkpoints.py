@@ -91,7 +91,8 @@ def set_rng_state(s: dict) -> None:
 
 
 # ---- the resumable training state ---------------------------------------------------------------------------
-def save_train_state(path, state: TrainState, wrapper, optimizer, args: dict, elapsed_s: float, full_model: bool):
+def save_train_state(path, state: TrainState, wrapper, optimizer, args: dict, elapsed_s: float, full_model: bool,
+                     scaler=None):
     """Everything needed to continue exactly: trainable state, optimizer, position, history, best, RNG, args."""
     obj = {
         "args": args, "epoch": state.epoch, "step": state.step, "elapsed_s": float(elapsed_s),
@@ -102,6 +103,7 @@ def save_train_state(path, state: TrainState, wrapper, optimizer, args: dict, el
         "reparam": None if wrapper.reparam is None else wrapper.reparam.state_dict(),
         "model": wrapper.model.state_dict() if full_model else None,
         "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_state(),
     }
     atomic_write(path, lambda f: torch.save(obj, f))
@@ -111,7 +113,7 @@ def load_train_state(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def restore_train_state(obj: dict, wrapper, optimizer) -> tuple[TrainState, float]:
+def restore_train_state(obj: dict, wrapper, optimizer, scaler=None) -> tuple[TrainState, float]:
     """Put a loaded train_state back into the wrapper and optimizer; the RNG states last, so that what follows draws
     exactly what the uninterrupted run drew. Returns (TrainState, seconds already spent)."""
     with torch.no_grad():
@@ -122,6 +124,8 @@ def restore_train_state(obj: dict, wrapper, optimizer) -> tuple[TrainState, floa
         if obj["model"] is not None:
             wrapper.model.load_state_dict(obj["model"])
     optimizer.load_state_dict(obj["optimizer"])
+    if scaler is not None and obj.get("scaler"):
+        scaler.load_state_dict(obj["scaler"])
     state = TrainState(epoch=obj["epoch"], step=obj["step"], history=History(**obj["history"]), best=obj["best"],
                        partial=obj["partial"])
     set_rng_state(obj["rng"])

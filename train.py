@@ -107,7 +107,14 @@ def build_parser() -> Parser:
       help="score training predictions on the first N batches of each epoch (original: 250; 0 = off)")
     a("--eval_every", type=int, default=0,
       help="validate every N epochs (0: original rule, 1 if num_epochs <= 50, 5 if <= 200, else 25)")
-    a("--eval_batch_size", type=int, default=0, help="evaluation batch size (0: --batch_size)")
+    a("--eval_batch_size", type=int, default=0,
+      help="evaluation batch size (0: 4 x --batch_size); scores and the reported loss do not depend on it")
+    a("--precision", type=str, default="fp32", choices=["fp32", "bf16", "fp16"],
+      help="autocast dtype of the frozen model (prompt and MLP stay fp32; fp16 uses a GradScaler); changes numbers")
+    a("--tf32", type=int, default=0, choices=[0, 1], help="1: TF32 matmuls on Ampere+ GPUs (faster, changes numbers)")
+    a("--compile", type=int, default=0, choices=[0, 1], help="1: torch.compile the T5 encoder (first steps slower)")
+    a("--group_by_length", type=int, default=0, choices=[0, 1],
+      help="1: batches of similar lengths (less padding, faster); changes the data order, so the numbers")
     a("--progress", type=int, default=1, choices=[0, 1], help="tqdm progress bars")
     return p
 
@@ -187,7 +194,7 @@ def check_args(args, given):
     if args.test_eval_after_every_task and not args.get_test_subset:
         print("note: --test_eval_after_every_task 1 without --get_test_subset: the final state is re-scored on "
               "the validation split at the end (final_eval in results.json)")
-    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    args.eval_batch_size = args.eval_batch_size or 4 * args.batch_size
     if args.eval_every == 0:  # the original's rule (train.py)
         args.eval_every = 1 if args.num_epochs <= 50 else 5 if args.num_epochs <= 200 else 25
     return args
@@ -303,6 +310,8 @@ def versions():
 
 
 def run(args):
+    import torch
+
     import checkpoints as ck
     import data_utils
     import train_utils as tu
@@ -337,13 +346,19 @@ def run(args):
                                splits.get("test_official_groups"))
     wrapper, prompt_ids, n_model_trainable = tu.build_prompt_model(model, args, tokenizer, task.label_words)
     wrapper.to(device)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if args.compile:  # the encoder is most of the compute; dynamic shapes because batches are padded per batch
+        model.encoder.forward = torch.compile(model.encoder.forward, dynamic=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    order = tu.length_grouped_order(train, args.batch_size, args.data_seed) if args.group_by_length else None
     full_model = n_model_trainable > 0  # some model weights train: snapshots and outputs must include the model
 
     # ---- optimizer (and the state to continue from) ----
     optimizer = tu.build_optimizer(args.optimizer, wrapper, args.lr, args.mlp_lr, args.weight_decay)
     state, spent = None, 0.0
     if mode == "resume":
-        state, spent = ck.restore_train_state(saved_state, wrapper, optimizer)
+        state, spent = ck.restore_train_state(saved_state, wrapper, optimizer, scaler)
         print(f"resuming {save_path} at epoch {state.epoch}, step {state.step}")
     else:
         os.makedirs(save_path, exist_ok=True)
@@ -382,7 +397,7 @@ def run(args):
 
     def write_state(s):
         ck.save_train_state(os.path.join(save_path, ck.TRAIN_STATE), s, wrapper, optimizer, vars_, elapsed(),
-                            full_model)
+                            full_model, scaler)
 
     stop = StopSignal()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
@@ -395,7 +410,8 @@ def run(args):
             train_eval_batches=args.train_eval_batches, pad_to=pad_to, test=test,
             test_every_eval=bool(args.test_eval_after_every_task), full_model=full_model,
             on_eval=write_results, progress=bool(args.progress), state=state,
-            save_every_steps=args.save_every_steps, on_checkpoint=write_state, stop_requested=lambda: bool(stop))
+            save_every_steps=args.save_every_steps, on_checkpoint=write_state, stop_requested=lambda: bool(stop),
+            order=order, scaler=scaler)
     except tu.Interrupted as e:
         print(f"train.py: {e} after {stop.name}; the checkpoint is in {save_path}: run the same command again to "
               f"continue", file=sys.stderr)

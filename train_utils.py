@@ -6,6 +6,7 @@ L target length, V vocabulary rows of the embedding table.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -207,16 +208,30 @@ def encode_split(task, rows, tokenizer, seq_len, groups=None, official_groups=No
                         groups, official_groups)
 
 
-def make_batches(split: EncodedSplit, batch_size, target_len, pad_to=None):
-    """Yield dicts of LongTensors in the split's order: source_ids/source_mask [B, T], target_ids/target_mask
-    [B, L]. T = the longest source in the batch, or ``pad_to`` (--pad_to_max_length 1 pads to seq_len as the
-    original did; with T5's attention mask both give the same loss, see tests)."""
+def make_batches(split: EncodedSplit, batch_size, target_len, pad_to=None, order=None):
+    """Yield dicts of LongTensors: source_ids [B, T], target_ids [B, L] (masks are ids != 0), and "rows", the
+    split's row numbers in the batch. Rows come in the split's order, or in ``order`` (a permutation). T = the
+    longest source in the batch, or ``pad_to`` (--pad_to_max_length 1 pads to seq_len as the original did; with
+    T5's attention mask both give the same loss, see tests)."""
+    order = range(len(split)) if order is None else order
     for start in range(0, len(split), batch_size):
-        src = split.source_ids[start:start + batch_size]
-        tgt = split.target_ids[start:start + batch_size]
+        rows = list(order[start:start + batch_size])
+        src = [split.source_ids[i] for i in rows]
         yield {"source_ids": _pad(src, pad_to or max(map(len, src))),
-               "target_ids": _pad(tgt, target_len),
-               "start": start}
+               "target_ids": _pad([split.target_ids[i] for i in rows], target_len), "rows": rows}
+
+
+def length_grouped_order(split: EncodedSplit, batch_size, seed, group_batches=50):
+    """--group_by_length: within consecutive groups of ``group_batches`` batches (in the split's fixed order),
+    rows sorted by source length, then the group's batches shuffled, so that a batch holds similar lengths and
+    pads little. Changes the data order (off by default)."""
+    rng = np.random.RandomState(seed)
+    lengths, size, out = [len(s) for s in split.source_ids], batch_size * group_batches, []
+    for start in range(0, len(split), size):
+        rows = sorted(range(start, min(start + size, len(split))), key=lambda i: -lengths[i])
+        batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        out += [i for b in (batches[j] for j in rng.permutation(len(batches))) for i in b]
+    return out
 
 
 def _pad(seqs, length):
@@ -233,6 +248,9 @@ def num_batches(n, batch_size):
 # --------------------------------------------------------------------------------------------------------------
 # Model wrapper
 # --------------------------------------------------------------------------------------------------------------
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class PromptT5(nn.Module):
     """A T5ForConditionalGeneration with a soft prompt prepended to the encoder input.
 
@@ -241,12 +259,20 @@ class PromptT5(nn.Module):
     source fills seq_len its last P tokens fall off.
     """
 
-    def __init__(self, model, prompt=None, reparam=None, seq_len=512):
+    def __init__(self, model, prompt=None, reparam=None, seq_len=512, precision="fp32"):
         super().__init__()
         self.model = model
         self.prompt = None if prompt is None else nn.Parameter(prompt.clone())
         self.reparam = reparam
         self.seq_len = seq_len
+        self.precision = precision
+
+    def autocast(self):
+        """The one precision context (--precision): the frozen model runs in bf16/fp16 under autocast; the prompt
+        and the reparameterization are computed outside it, in fp32, and every parameter stays fp32."""
+        dtype = PRECISIONS[self.precision]
+        device_type = self.model.device.type
+        return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     @property
     def prompt_len(self):
@@ -275,16 +301,17 @@ class PromptT5(nn.Module):
         labels = target_ids.masked_fill(target_ids == 0, -100)  # [B, L]
         target_mask = (target_ids != 0).long()
         embeds, mask = self.encoder_inputs(source_ids, prompt)
-        if embeds is None:  # full fine-tuning: no prompt
-            out = self.model(input_ids=source_ids[:, :self.seq_len], attention_mask=mask[:, :self.seq_len],
-                             labels=labels, decoder_attention_mask=target_mask)
-        else:
-            # differs from original (validation only): its validation loss passed the un-prefixed source mask,
-            # hiding the last P real source tokens from cross-attention; here the loss always uses the mask the
-            # encoder got, so the validation loss is the training objective on validation data.
-            out = self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels,
-                             decoder_attention_mask=target_mask)
-        return out.loss
+        with self.autocast():
+            if embeds is None:  # full fine-tuning: no prompt
+                out = self.model(input_ids=source_ids[:, :self.seq_len], attention_mask=mask[:, :self.seq_len],
+                                 labels=labels, decoder_attention_mask=target_mask)
+            else:
+                # differs from original (validation only): its validation loss passed the un-prefixed source mask,
+                # hiding the last P real source tokens from cross-attention; here the loss always uses the mask
+                # the encoder got, so the validation loss is the training objective on validation data.
+                out = self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels,
+                                 decoder_attention_mask=target_mask)
+        return out.loss.float()
 
     def token_losses(self, batch, prompt=None):
         """Per example: the sum of target-token cross-entropies and the number of target tokens ([B], [B]).
@@ -294,8 +321,9 @@ class PromptT5(nn.Module):
         labels = target_ids.masked_fill(target_ids == 0, -100)  # [B, L]
         embeds, mask = self.encoder_inputs(source_ids, prompt)
         inputs = {"input_ids": source_ids[:, :self.seq_len]} if embeds is None else {"inputs_embeds": embeds}
-        logits = self.model(**inputs, attention_mask=mask[:, :self.seq_len], labels=labels,
-                            decoder_attention_mask=(target_ids != 0).long()).logits  # [B, L, V]
+        with self.autocast():
+            logits = self.model(**inputs, attention_mask=mask[:, :self.seq_len], labels=labels,
+                                decoder_attention_mask=(target_ids != 0).long()).logits  # [B, L, V]
         ce = nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
                                          reduction="none")  # [B, L]
         return ce.sum(1), (labels != -100).sum(1)
@@ -304,10 +332,11 @@ class PromptT5(nn.Module):
     def generate(self, source_ids, max_length, prompt=None):
         """Greedy decoding of max_length - 1 tokens after the decoder start (the original's generate(max_length))."""
         embeds, mask = self.encoder_inputs(source_ids, prompt)
-        kwargs = dict(attention_mask=mask, max_new_tokens=max_length - 1, do_sample=False, num_beams=1)
-        if embeds is None:
-            return self.model.generate(input_ids=source_ids[:, :self.seq_len], **kwargs)
-        return self.model.generate(inputs_embeds=embeds, **kwargs)
+        kwargs = dict(attention_mask=mask, max_new_tokens=max_length - 1, do_sample=False, num_beams=1, use_cache=True)
+        with self.autocast():
+            if embeds is None:
+                return self.model.generate(input_ids=source_ids[:, :self.seq_len], **kwargs)
+            return self.model.generate(inputs_embeds=embeds, **kwargs)
 
 
 def freeze_model(model, freeze: bool, except_substring: str):
@@ -332,7 +361,8 @@ def build_prompt_model(model, args, tokenizer=None, label_words=()):
     reparam = build_reparam(args.prefix_MLP, embedding.shape[1], args.prefix_len, args.bottleneck_size,
                             args.nonlinearity, bool(args.mlp_layer_norm), args.mlp_dropout, bool(args.residual),
                             bool(args.separate_mlps), bool(args.mlp2_shared_weights))
-    return PromptT5(model, prompt, reparam, args.seq_len), prompt_ids, n_model_trainable
+    wrapper = PromptT5(model, prompt, reparam, args.seq_len, getattr(args, "precision", "fp32"))
+    return wrapper, prompt_ids, n_model_trainable
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -352,18 +382,24 @@ def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size
     wrapper.eval()
     try:
         prompt = wrapper.projected_prompt()
-        decoded, targets, sums, counts = [], [], [], []
-        for batch in make_batches(split, batch_size, task.target_len, pad_to):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        n = len(split)
+        decoded, targets = [None] * n, [None] * n
+        sums, counts = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        # Longest rows first: batches of similar lengths pad little. Every row is scored on its own, and results
+        # are put back in the split's order, so the order changes nothing but speed (and float noise).
+        order = sorted(range(n), key=lambda i: -len(split.source_ids[i]))
+        for batch in make_batches(split, batch_size, task.target_len, pad_to, order):
+            rows = batch.pop("rows")
+            batch = {k: v.to(device) for k, v in batch.items()}
             out = wrapper.generate(batch["source_ids"], task.target_len, prompt)
-            decoded += tokenizer.batch_decode(out.tolist(), skip_special_tokens=False)
-            targets += tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)
+            for i, d, t in zip(rows, tokenizer.batch_decode(out.tolist(), skip_special_tokens=False),
+                               tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)):
+                decoded[i], targets[i] = d, t
             s, c = wrapper.token_losses(batch, prompt)
-            sums.append(s)
-            counts.append(c)
+            sums[rows], counts[rows] = s.double().cpu(), c.double().cpu()
         result = data_utils.evaluate(task, decoded, targets, groups=split.groups,
                                      official_groups=split.official_groups)
-        result["loss"] = _mean_of_batch_means(torch.cat(sums), torch.cat(counts), loss_batch_size or batch_size)
+        result["loss"] = _mean_of_batch_means(sums, counts, loss_batch_size or batch_size)
         result["predictions"] = decoded
         return result
     finally:
@@ -373,7 +409,7 @@ def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size
 
 def _mean_of_batch_means(sums, counts, batch_size):
     """np.mean over batches of (token-loss sum / token count), in float64, as the original averaged its batches."""
-    sums, counts = sums.double().cpu().numpy(), counts.double().cpu().numpy()
+    sums, counts = sums.numpy(), counts.numpy()
     if not len(sums):
         return float("nan")
     cuts = range(0, len(sums), batch_size)
@@ -433,15 +469,21 @@ def _snapshot(wrapper: PromptT5, full_model: bool):
     }
 
 
-def train_step(wrapper: PromptT5, optimizer, batch, prompt=None):
+_NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)
+
+
+def train_step(wrapper: PromptT5, optimizer, batch, prompt=None, scaler=None):
     """One optimizer step on one batch, as the original's loop: loss.backward(); step(); zero_grad().
     ``prompt`` is the projected prompt of this step (computed by the caller when it also generates with it).
+    ``scaler``: the fp16 GradScaler; a disabled one (the default) passes everything through unchanged.
     Returns the loss (a detached tensor: no host sync here)."""
+    scaler = scaler or _NO_SCALER
     if prompt is None:
         prompt = wrapper.projected_prompt()
     loss = wrapper.loss(batch, prompt)
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
@@ -463,7 +505,8 @@ def _check_finite(losses, epoch, lr):
 def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokenizer, device, *, epochs, batch_size,
         eval_batch_size, eval_every, early_stopping, model_dropout, train_eval_batches=0, pad_to=None,
         test: EncodedSplit | None = None, test_every_eval=False, full_model=False, on_eval=None, progress=True,
-        state: TrainState | None = None, save_every_steps=0, on_checkpoint=None, stop_requested=lambda: False):
+        state: TrainState | None = None, save_every_steps=0, on_checkpoint=None, stop_requested=lambda: False,
+        order=None, scaler=None):
     """Train for ``epochs`` epochs in the split's fixed order (the original never reshuffled), evaluate every
     ``eval_every`` epochs (at epochs 0, N, 2N, ... counted from 0, as the original), and keep the best state.
 
@@ -471,6 +514,9 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
     every ``save_every_steps`` steps, and at the next step boundary once ``stop_requested()`` is true (then
     Interrupted is raised). Losses are checked for NaN/inf at each of these points (not every step: no host sync),
     before any state is saved, so a saved state is always a good one.
+
+    ``order``: the training rows' order (default: the split's; --group_by_length passes its own). ``scaler``: the
+    fp16 GradScaler (None: none).
 
     Returns (history, best_snapshot): the state with the best validation score when ``early_stopping``, else the
     final state.
@@ -494,19 +540,19 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
         wrapper.train()
         wrapper.model.train(model_dropout)
         part = state.partial
-        batches = make_batches(train, batch_size, task.target_len, pad_to)
+        batches = make_batches(train, batch_size, task.target_len, pad_to, order)
         for i, batch in enumerate(tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
                                        disable=not progress, initial=state.step)):
             if i < state.step:  # resumed inside this epoch: these batches were trained before the stop
                 continue
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            prompt = wrapper.projected_prompt()  # [P, H], once per step
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "rows"}
+            prompt = wrapper.projected_prompt()  # [P, H], once per step, in fp32
             if i < train_eval_batches:  # the original's training accuracy: generate on the first 250 batches
                 with torch.no_grad():
                     out = wrapper.generate(batch["source_ids"], task.target_len, prompt)
                 part["decoded"] += tokenizer.batch_decode(out.tolist(), skip_special_tokens=False)
                 part["targets"] += tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)
-            part["losses"].append(train_step(wrapper, optimizer, batch, prompt))
+            part["losses"].append(train_step(wrapper, optimizer, batch, prompt, scaler))
             state.step = i + 1
             done = epoch * steps_per_epoch + state.step
             if state.step < steps_per_epoch and (stop_requested() or (save_every_steps and

@@ -47,7 +47,7 @@ def test_cb_run_writes_every_output(cb_run):
     run_dir, proc = cb_run
     assert {"args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"} <= set(os.listdir(run_dir))
     args = json.loads((run_dir / "args.json").read_text())
-    assert args["prompt_init"] == "vocab" and args["eval_every"] == 1 and args["eval_batch_size"] == 8
+    assert args["prompt_init"] == "vocab" and args["eval_every"] == 1 and args["eval_batch_size"] == 32
     res = json.loads((run_dir / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert res["complete"] is True and res["task"] == "cb" and res["device"] == "cpu"
     assert res["train"]["acc"] == [None, None]  # --train_eval_batches 0: not computed, written as null
