@@ -23,7 +23,7 @@ os.umask(_UMASK)
 TRAIN_STATE = "train_state.pt"
 # Arguments that do not define a run: they may change when a run is resumed (another machine, paths, logging).
 NOT_DEFINING = {"save_dir", "save_name", "device", "progress", "overwrite", "resume", "save_every_steps", "data_dir",
-                "eval_batch_size"}
+                "eval_batch_size", "fsdp", "compile"}
 
 
 def atomic_write(path, write):

@@ -115,6 +115,9 @@ def build_parser() -> Parser:
     a("--compile", type=int, default=0, choices=[0, 1], help="1: torch.compile the T5 encoder (first steps slower)")
     a("--group_by_length", type=int, default=0, choices=[0, 1],
       help="1: batches of similar lengths (less padding, faster); changes the data order, so the numbers")
+    a("--fsdp", type=int, default=0, choices=[0, 1],
+      help="1: with torchrun, shard the frozen model's weights over the processes (FSDP2), for models too large "
+           "for one GPU")
     a("--progress", type=int, default=1, choices=[0, 1], help="tqdm progress bars")
     return p
 
@@ -194,6 +197,18 @@ def check_args(args, given):
     if args.test_eval_after_every_task and not args.get_test_subset:
         print("note: --test_eval_after_every_task 1 without --get_test_subset: the final state is re-scored on "
               "the validation split at the end (final_eval in results.json)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.train_eval_batches:
+        raise ConfigError("--train_eval_batches (training-set generate) is not supported with several processes: "
+                          "drop it, or run it with one process")
+    if args.fsdp and world < 2:
+        raise ConfigError("--fsdp 1 shards the model over several processes: launch with torchrun "
+                          "--nproc_per_node N (N >= 2), or drop --fsdp")
+    if args.fsdp and (not args.freeze_weights or args.freeze_except.strip("x")):
+        raise ConfigError("--fsdp 1 is for a frozen model (--freeze_weights 1, no --freeze_except): trainable "
+                          "model weights are not supported with it")
+    if args.fsdp and args.compile:
+        raise ConfigError("--fsdp 1 and --compile 1 together are not supported: drop one")
     args.eval_batch_size = args.eval_batch_size or 4 * args.batch_size
     if args.eval_every == 0:  # the original's rule (train.py)
         args.eval_every = 1 if args.num_epochs <= 50 else 5 if args.num_epochs <= 200 else 25
@@ -255,15 +270,21 @@ def _read_json(path):
 
 class StopSignal:
     """SIGTERM/SIGUSR1 (SLURM's warning before preemption or the time limit): checkpoint at the next step boundary
-    and exit 75. A second signal exits at once; every file is written atomically, so nothing is torn."""
+    and exit 75. A repeat of the same signal, or any signal more than ``grace_s`` seconds later, exits at once;
+    every file is written atomically, so nothing is torn. A *different* signal within ``grace_s`` is the same
+    request: on preemption SLURM sends SIGTERM to every process of the job while scripts/requeue_on_signal.sh
+    forwards its own as SIGUSR1, and that pair must still end in a checkpoint."""
 
-    def __init__(self):
-        self.name = None
+    def __init__(self, grace_s=5.0):
+        self.name, self.at, self.grace_s = None, 0.0, grace_s
 
     def __call__(self, signum, frame):
+        name = signal.Signals(signum).name
         if self.name is not None:
+            if name != self.name and time.monotonic() - self.at < self.grace_s:
+                return
             os._exit(EXIT_INTERRUPTED)
-        self.name = signal.Signals(signum).name
+        self.name, self.at = name, time.monotonic()
         print(f"train.py: {self.name} received: writing a checkpoint at the next step boundary, then exiting "
               f"(send it again to exit at once)", file=sys.stderr, flush=True)
 
@@ -324,8 +345,14 @@ def run(args):
         return 0
 
     # ---- seed and device ----
-    tu.seed_everything(args.seed)
-    device = tu.resolve_device(args.device)
+    import distributed
+
+    dist, device_name = distributed.from_environment(args.device)
+    if not dist.is_main:  # rank 0 alone prints and writes files
+        sys.stdout = open(os.devnull, "w")
+        args.progress = 0
+    tu.seed_everything(args.seed)  # the same on every rank: the same initial prompt and network
+    device = tu.resolve_device(device_name)
 
     # ---- data ----
     task = data_utils.get_task(args.task)
@@ -346,6 +373,8 @@ def run(args):
                                splits.get("test_official_groups"))
     wrapper, prompt_ids, n_model_trainable = tu.build_prompt_model(model, args, tokenizer, task.label_words)
     wrapper.to(device)
+    if args.fsdp:
+        distributed.shard_frozen_model(model, device, dist.world)
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if args.compile:  # the encoder is most of the compute; dynamic shapes because batches are padded per batch
@@ -360,16 +389,17 @@ def run(args):
     if mode == "resume":
         state, spent = ck.restore_train_state(saved_state, wrapper, optimizer, scaler)
         print(f"resuming {save_path} at epoch {state.epoch}, step {state.step}")
-    else:
+    elif dist.is_main:
         os.makedirs(save_path, exist_ok=True)
         if os.path.exists(os.path.join(save_path, ck.TRAIN_STATE)):  # --overwrite 1: the old run's state must go
             os.unlink(os.path.join(save_path, ck.TRAIN_STATE))
 
     # ---- loop ----
     vars_ = vars(args).copy()
-    ck.save_json(os.path.join(save_path, "args.json"), vars_)
+    if dist.is_main:
+        ck.save_json(os.path.join(save_path, "args.json"), vars_)
     pad_to = args.seq_len if args.pad_to_max_length else None
-    info = {"task": task.name, "device": str(device), "versions": versions(),
+    info = {"task": task.name, "device": str(device), "world_size": dist.world, "versions": versions(),
             "n_examples": {"train": len(train), "validation": len(val), "test": len(test) if test else 0},
             "trainable_params": {
                 "prompt": 0 if wrapper.prompt is None else wrapper.prompt.numel(),
@@ -382,6 +412,8 @@ def run(args):
         return spent + time.time() - t0
 
     def write_results(history, final=None):
+        if not dist.is_main:
+            return
         score_dict = {"val": {"acc": [e["metric"] for e in history.evals], "loss": [e["loss"] for e in history.evals]},
                       "train": {"acc": history.train_acc, "loss": history.train_loss}}
         ck.save_npy(os.path.join(save_path, "score_dict.npy"), score_dict, allow_pickle=True)
@@ -396,6 +428,8 @@ def run(args):
         ck.save_json(os.path.join(save_path, "results.json"), results)
 
     def write_state(s):
+        if not dist.is_main:
+            return
         ck.save_train_state(os.path.join(save_path, ck.TRAIN_STATE), s, wrapper, optimizer, vars_, elapsed(),
                             full_model, scaler)
 
@@ -411,7 +445,7 @@ def run(args):
             test_every_eval=bool(args.test_eval_after_every_task), full_model=full_model,
             on_eval=write_results, progress=bool(args.progress), state=state,
             save_every_steps=args.save_every_steps, on_checkpoint=write_state, stop_requested=lambda: bool(stop),
-            order=order, scaler=scaler)
+            order=order, scaler=scaler, dist=dist)
     except tu.Interrupted as e:
         print(f"train.py: {e} after {stop.name}; the checkpoint is in {save_path}: run the same command again to "
               f"continue", file=sys.stderr)
@@ -430,10 +464,12 @@ def run(args):
     final = {}
     if test is not None:
         final["test"] = _scores(tu.evaluate(wrapper, test, task, tokenizer, args.eval_batch_size, device, pad_to,
-                                             args.batch_size))
+                                             args.batch_size, dist))
     elif args.test_eval_after_every_task:
         final["final_eval"] = {"split": "validation", **_scores(
-            tu.evaluate(wrapper, val, task, tokenizer, args.eval_batch_size, device, pad_to, args.batch_size))}
+            tu.evaluate(wrapper, val, task, tokenizer, args.eval_batch_size, device, pad_to, args.batch_size, dist))}
+    if not dist.is_main:
+        return 0
     if best["projected_prompt"] is not None:
         # differs from original: it saved the final *raw* prompt; inference needs the best *projected* one.
         ck.save_npy(os.path.join(save_path, "prompt.npy"), best["projected_prompt"].numpy())
@@ -469,6 +505,9 @@ def main(argv=None):
     except (ConfigError, DataError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if "distributed" in sys.modules:
+            sys.modules["distributed"].shutdown()
 
 
 if __name__ == "__main__":

@@ -329,10 +329,12 @@ class PromptT5(nn.Module):
         return ce.sum(1), (labels != -100).sum(1)
 
     @torch.no_grad()
-    def generate(self, source_ids, max_length, prompt=None):
-        """Greedy decoding of max_length - 1 tokens after the decoder start (the original's generate(max_length))."""
+    def generate(self, source_ids, max_length, prompt=None, synced=False):
+        """Greedy decoding of max_length - 1 tokens after the decoder start (the original's generate(max_length)).
+        ``synced``: several processes decode together (sharded weights need every rank in every step)."""
         embeds, mask = self.encoder_inputs(source_ids, prompt)
-        kwargs = dict(attention_mask=mask, max_new_tokens=max_length - 1, do_sample=False, num_beams=1, use_cache=True)
+        kwargs = dict(attention_mask=mask, max_new_tokens=max_length - 1, do_sample=False, num_beams=1, use_cache=True,
+                      synced_gpus=synced)
         with self.autocast():
             if embeds is None:
                 return self.model.generate(input_ids=source_ids[:, :self.seq_len], **kwargs)
@@ -370,13 +372,16 @@ def build_prompt_model(model, args, tokenizer=None, label_words=()):
 # --------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size, device, pad_to=None,
-             loss_batch_size=None):
+             loss_batch_size=None, dist=None):
     """Greedy generation + the original's normalization and metric, the official metric, and the loss.
 
     Runs with the model and reparameterization in eval mode (as the original's validate()) and restores the
     previous modes. The loss is the original's: the mean over consecutive batches of ``loss_batch_size`` rows
     (its validation batch was the training batch) of each batch's mean token loss; it does not depend on the
     ``batch_size`` evaluation runs with. Returns {"score", "metric", "official", "loss", "predictions"}.
+    ``dist``: with several processes, batch j runs on rank j % world (every rank runs as many batches, repeating
+    its last one when it has fewer, as sharded weights need every rank in every forward), every row is scored
+    once, and the results are gathered on every rank.
     """
     modes = [(m, m.training) for m in wrapper.modules()]
     wrapper.eval()
@@ -388,15 +393,26 @@ def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size
         # Longest rows first: batches of similar lengths pad little. Every row is scored on its own, and results
         # are put back in the split's order, so the order changes nothing but speed (and float noise).
         order = sorted(range(n), key=lambda i: -len(split.source_ids[i]))
-        for batch in make_batches(split, batch_size, task.target_len, pad_to, order):
+        batches = list(make_batches(split, batch_size, task.target_len, pad_to, order))
+        rank, world = (dist.rank, dist.world) if dist is not None and dist.enabled else (0, 1)
+        mine = batches[rank::world]
+        rounds = -(-len(batches) // world)
+        local = []  # (rows, decoded, targets, sums, counts) of this rank's batches
+        for j in range(rounds):
+            batch = dict(mine[min(j, len(mine) - 1)]) if mine else dict(batches[0])
             rows = batch.pop("rows")
             batch = {k: v.to(device) for k, v in batch.items()}
-            out = wrapper.generate(batch["source_ids"], task.target_len, prompt)
-            for i, d, t in zip(rows, tokenizer.batch_decode(out.tolist(), skip_special_tokens=False),
-                               tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)):
-                decoded[i], targets[i] = d, t
+            out = wrapper.generate(batch["source_ids"], task.target_len, prompt, synced=world > 1)
             s, c = wrapper.token_losses(batch, prompt)
-            sums[rows], counts[rows] = s.double().cpu(), c.double().cpu()
+            if j < len(mine):  # not a repeat
+                local.append((rows, tokenizer.batch_decode(out.tolist(), skip_special_tokens=False),
+                              tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False),
+                              s.double().cpu(), c.double().cpu()))
+        for part in (dist.gather(local) if world > 1 else [local]):
+            for rows, dec, tgt, s, c in part:
+                for i, d, t in zip(rows, dec, tgt):
+                    decoded[i], targets[i] = d, t
+                sums[rows], counts[rows] = s, c
         result = data_utils.evaluate(task, decoded, targets, groups=split.groups,
                                      official_groups=split.official_groups)
         result["loss"] = _mean_of_batch_means(sums, counts, loss_batch_size or batch_size)
@@ -472,16 +488,30 @@ def _snapshot(wrapper: PromptT5, full_model: bool):
 _NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)
 
 
-def train_step(wrapper: PromptT5, optimizer, batch, prompt=None, scaler=None):
+def train_step(wrapper: PromptT5, optimizer, batch, prompt=None, scaler=None, dist=None):
     """One optimizer step on one batch, as the original's loop: loss.backward(); step(); zero_grad().
     ``prompt`` is the projected prompt of this step (computed by the caller when it also generates with it).
     ``scaler``: the fp16 GradScaler; a disabled one (the default) passes everything through unchanged.
-    Returns the loss (a detached tensor: no host sync here)."""
+    ``dist``: with several processes (distributed.Dist), ``batch`` is the global batch; this rank backpropagates
+    its slice's token-loss sum over the global token count, and the gradients are summed over the ranks.
+    Returns the (global) loss: a detached tensor, no host sync here."""
     scaler = scaler or _NO_SCALER
     if prompt is None:
         prompt = wrapper.projected_prompt()
-    loss = wrapper.loss(batch, prompt)
-    scaler.scale(loss).backward()
+    if dist is None or not dist.enabled:
+        loss = wrapper.loss(batch, prompt)
+        scaler.scale(loss).backward()
+    else:
+        local = dist.shard(batch)
+        n_tokens = (batch["target_ids"] != 0).sum()
+        weight = 1.0
+        if not local["source_ids"].shape[0]:  # a short last batch left this rank nothing: it runs the first row with
+            local, weight = {k: v[:1] for k, v in batch.items()}, 0.0  # weight 0 (sharded weights need every rank)
+        sums, _ = wrapper.token_losses(local, prompt)
+        loss = sums.sum() * weight / n_tokens
+        scaler.scale(loss).backward()
+        dist.all_reduce_grads([p for group in optimizer.param_groups for p in group["params"]])
+        loss = dist.sum(loss.detach())
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -506,7 +536,7 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
         eval_batch_size, eval_every, early_stopping, model_dropout, train_eval_batches=0, pad_to=None,
         test: EncodedSplit | None = None, test_every_eval=False, full_model=False, on_eval=None, progress=True,
         state: TrainState | None = None, save_every_steps=0, on_checkpoint=None, stop_requested=lambda: False,
-        order=None, scaler=None):
+        order=None, scaler=None, dist=None):
     """Train for ``epochs`` epochs in the split's fixed order (the original never reshuffled), evaluate every
     ``eval_every`` epochs (at epochs 0, N, 2N, ... counted from 0, as the original), and keep the best state.
 
@@ -516,7 +546,8 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
     before any state is saved, so a saved state is always a good one.
 
     ``order``: the training rows' order (default: the split's; --group_by_length passes its own). ``scaler``: the
-    fp16 GradScaler (None: none).
+    fp16 GradScaler (None: none). ``dist``: distributed.Dist with several processes (see distributed.py): every
+    rank runs this loop on the same global batches; a stop request on any rank stops all at the same step.
 
     Returns (history, best_snapshot): the state with the best validation score when ``early_stopping``, else the
     final state.
@@ -525,6 +556,11 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
 
     state = state or TrainState()
     history = state.history
+    if dist is not None and dist.enabled:  # every rank must agree, at every step, on whether to stop
+        local_stop = stop_requested
+
+        def stop_requested():
+            return dist.any(local_stop(), device)
     lr = optimizer.param_groups[0]["lr"]
     steps_per_epoch = num_batches(len(train), batch_size)
 
@@ -552,13 +588,13 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
                     out = wrapper.generate(batch["source_ids"], task.target_len, prompt)
                 part["decoded"] += tokenizer.batch_decode(out.tolist(), skip_special_tokens=False)
                 part["targets"] += tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)
-            part["losses"].append(train_step(wrapper, optimizer, batch, prompt, scaler))
+            part["losses"].append(train_step(wrapper, optimizer, batch, prompt, scaler, dist))
             state.step = i + 1
             done = epoch * steps_per_epoch + state.step
-            if state.step < steps_per_epoch and (stop_requested() or (save_every_steps and
-                                                                      done % save_every_steps == 0)):
+            stop = state.step < steps_per_epoch and stop_requested()
+            if stop or (state.step < steps_per_epoch and save_every_steps and done % save_every_steps == 0):
                 checkpoint()
-                if stop_requested():
+                if stop:
                     raise Interrupted(f"stopped at epoch {epoch}, step {state.step}")
 
         checkpoint(epoch_done=True)
@@ -568,7 +604,7 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
         history.train_acc.append(data_utils.evaluate(task, part["decoded"], part["targets"], training=True)["metric"]
                                  if part["decoded"] else float("nan"))
         if epoch % eval_every == 0:
-            res = evaluate(wrapper, val, task, tokenizer, eval_batch_size, device, pad_to, batch_size)
+            res = evaluate(wrapper, val, task, tokenizer, eval_batch_size, device, pad_to, batch_size, dist)
             entry = {"epoch": epoch, "score": res["score"], "metric": res["metric"], "official": res["official"],
                      "loss": res["loss"]}
             history.evals.append(entry)
@@ -576,7 +612,7 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
             tqdm.write(f"epoch {epoch}: train loss {history.train_loss[-1]:.4f} | validation score "
                        f"{res['score']:.4f} (metric {metric}) loss {res['loss']:.4f}")
             if test is not None and test_every_eval:
-                t = evaluate(wrapper, test, task, tokenizer, eval_batch_size, device, pad_to, batch_size)
+                t = evaluate(wrapper, test, task, tokenizer, eval_batch_size, device, pad_to, batch_size, dist)
                 history.test_evals.append({"epoch": epoch, "score": t["score"], "metric": t["metric"],
                                            "official": t["official"], "loss": t["loss"]})
             # differs from original: its best score started at 0.0, so a run whose scores are all <= 0 (CoLA's

@@ -108,6 +108,27 @@ def test_external_signals_from_outside_the_process(baseline, tiny_t5_dir, data_d
     assert outcome(tmp_path / "usr1") == baseline
 
 
+def test_preemption_pair_of_signals_still_checkpoints(baseline, tiny_t5_dir, data_dir, tmp_path):
+    """SLURM preemption: SIGTERM to train.py itself and, forwarded by scripts/requeue_on_signal.sh, SIGUSR1 right
+    after. That pair is one request: the run stops at a step boundary with a fresh checkpoint (it says so on
+    stderr) instead of exiting at once, and resumes exactly."""
+    args = train_args(tiny_t5_dir, data_dir, tmp_path, "pair")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    state_file = tmp_path / "pair" / "train_state.pt"
+    deadline = time.time() + 300
+    while not state_file.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75 and "the checkpoint is in" in err, err[-2000:]
+    resumed = run(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert outcome(tmp_path / "pair") == baseline
+
+
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_state(tiny_t5_dir, data_dir, tmp_path):
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "nan")
     proc = run(args, "nan_at_step:24")  # epoch 1, batch 8; checkpoints at global steps 5, 10, 16, 20, 25

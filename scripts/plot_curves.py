@@ -1,0 +1,194 @@
+"""Plot finished runs: validation curves per method, and score against learning rate.
+
+    python scripts/plot_curves.py runs/ --out plots/
+    python scripts/plot_curves.py runs/ --out plots/ --group_by prefix_len --metric test
+
+Writes into --out:
+  val_curves.png   one column per task; top row the validation score x 100, bottom row the validation loss, against
+                   the epoch; per method a line for the mean over seeds and a band of ± the sample std (ddof=1; no
+                   band for a single seed, and at an epoch that only some seeds reached, the mean of those)
+  score_vs_lr.png  only when runs of one method and task differ in --lr: the score (--metric: best_val or test)
+                   x 100 against lr on a log axis, mean ± sample std over seeds, one panel per task
+Runs are found and labelled as in scripts/make_table.py (incomplete runs are skipped with a warning; so are,
+for score_vs_lr.png, runs without the chosen score). Exit codes: 0 done, 2 bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import run_dirs  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR", help="folders searched recursively for runs")
+    p.add_argument("--out", required=True, help="output folder for the PNG files")
+    p.add_argument("--metric", default="best_val", choices=run_dirs.METRICS, help="the score of score_vs_lr.png")
+    p.add_argument("--group_by", default="", help="comma-separated args.json keys that split methods (as make_table)")
+    return p
+
+
+def series_label(run, group_by):
+    return run.method + "".join(f", {g}={run.args.get(g)}" for g in group_by)
+
+
+def curves_frame(runs, group_by):
+    """One row per (run, evaluation): label, task, epoch, score x 100, loss."""
+    return pd.DataFrame([{"label": series_label(r, group_by), "method": r.method, "task": r.task, "path": r.path,
+                          "epoch": e["epoch"], "score": _x100(e["score"]), "loss": _float(e["loss"])}
+                         for r in runs for e in r.results.get("validation", [])])
+
+
+def _float(v):  # results.json writes NaN and inf as null
+    return math.nan if v is None else float(v)
+
+
+def _x100(v):
+    return 100.0 * _float(v)
+
+
+def lr_frame(runs, metric, group_by):
+    """One row per run with a score for ``metric``: label (without lr), task, lr, score x 100; plus the paths of
+    the runs without that score."""
+    group_by = [g for g in group_by if g != "lr"]
+    scored = [(r, run_dirs.score(r, metric)) for r in runs]
+    df = pd.DataFrame([{"label": series_label(r, group_by), "method": r.method, "task": r.task, "lr": r.args["lr"],
+                        "score": 100.0 * s} for r, s in scored if s is not None])
+    return df, [r.path for r, s in scored if s is None]
+
+
+def mean_std(df, by, columns):
+    """mean and sample std (ddof=1, NaN for one run) of ``columns`` per ``by``."""
+    g = df.groupby(by, sort=True)
+    out = g[columns].mean().add_suffix("_mean").join(g[columns].std(ddof=1).add_suffix("_std"))
+    return out.join(g.size().rename("n")).reset_index()
+
+
+def _labels_in_order(df):
+    methods = dict(zip(df["label"], df["method"]))
+    return sorted(methods, key=lambda lab: (run_dirs.method_rank(methods[lab]), lab))
+
+
+def _band(ax, x, mean, std, color, label, log=False):
+    line, = ax.plot(x, mean, marker="o", ms=3, color=color, label=label)
+    ax.fill_between(x, mean - std.fillna(0), mean + std.fillna(0), color=line.get_color(), alpha=0.2, lw=0)
+    if log:
+        ax.set_xscale("log")
+
+
+def plot_curves(df, tasks, path):
+    labels = _labels_in_order(df)
+    colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    stats = mean_std(df, ["label", "task", "epoch"], ["score", "loss"])
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6.4), squeeze=False, sharex="col")
+    for j, task in enumerate(tasks):
+        for lab in labels:
+            s = stats[(stats["label"] == lab) & (stats["task"] == task)]
+            if s.empty:
+                continue
+            _band(axes[0, j], s["epoch"], s["score_mean"], s["score_std"], colors[lab], lab)
+            _band(axes[1, j], s["epoch"], s["loss_mean"], s["loss_std"], colors[lab], lab)
+        axes[0, j].set_title(task)
+        axes[1, j].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("validation score x 100")
+    axes[1, 0].set_ylabel("validation loss")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    _legend(fig, axes)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return stats
+
+
+def plot_lr(df, tasks, metric, path):
+    labels = _labels_in_order(df)
+    stats = mean_std(df, ["label", "task", "lr"], ["score"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for j, task in enumerate(tasks):
+        ax = axes[0, j]
+        for i, lab in enumerate(labels):
+            s = stats[(stats["label"] == lab) & (stats["task"] == task)]
+            if not s.empty:
+                _band(ax, s["lr"], s["score_mean"], s["score_std"], f"C{i % 10}", lab, log=True)
+        ax.set_title(task)
+        ax.set_xlabel("learning rate")
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel(("best validation" if metric == "best_val" else "test") + " score x 100")
+    _legend(fig, axes)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return stats
+
+
+def _legend(fig, axes):
+    handles, names = {}, []
+    for ax in axes.flat:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in handles:
+                handles[n] = h
+                names.append(n)
+    fig.legend([handles[n] for n in names], names, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    group_by = [g for g in args.group_by.split(",") if g]
+    try:
+        runs, incomplete = run_dirs.find_runs(args.runs_dirs)
+        if not runs:
+            raise ValueError(f"no complete run (a folder with args.json and results.json whose complete is true) "
+                             f"under {', '.join(args.runs_dirs)}")
+        run_dirs.check_group_by(runs, group_by)
+        if incomplete:
+            print(f"plot_curves.py: warning: skipped {len(incomplete)} incomplete run(s): {', '.join(incomplete)}",
+                  file=sys.stderr)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"plot_curves.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    os.makedirs(args.out, exist_ok=True)
+    tasks = sorted({r.task for r in runs}, key=run_dirs.task_rank)
+    series = {}
+    for r in runs:
+        series.setdefault((series_label(r, group_by), r.task), []).append(r)
+    for (label, task), part in series.items():
+        mixed = run_dirs.mixed_arguments(part)
+        if mixed:
+            print(f"plot_curves.py: warning: curve {label} / {task} averages runs that differ in "
+                  f"{'; '.join(f'{k} {v}' for k, v in mixed.items())}: add --group_by {','.join(mixed)}",
+                  file=sys.stderr)
+    written = [os.path.join(args.out, "val_curves.png")]
+    plot_curves(curves_frame(runs, group_by), tasks, written[0])
+
+    df, skipped = lr_frame(runs, args.metric, group_by)  # score against lr, where a series has several
+    if not df.empty and (df.groupby(["label", "task"])["lr"].nunique() > 1).any():
+        if skipped:
+            print(f"plot_curves.py: warning: score_vs_lr.png leaves out {len(skipped)} run(s) without a "
+                  f"{args.metric} score: {', '.join(skipped)}", file=sys.stderr)
+        written.append(os.path.join(args.out, "score_vs_lr.png"))
+        plot_lr(df, tasks, args.metric, written[1])
+    else:
+        print("plot_curves.py: note: no method was run with more than one --lr on a task; no score_vs_lr.png",
+              file=sys.stderr)
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,502 @@
+"""Expand a sweep file into train.py runs; list them, run one, write a SLURM array job for all, or count progress.
+
+    python scripts/sweep.py list   scripts/sweeps/table1.yaml                  # NAME<TAB>COMMAND, one line per run
+    python scripts/sweep.py sbatch scripts/sweeps/table1.yaml -o jobs/table1.sbatch   # + jobs/table1.runs (run list)
+    sbatch jobs/table1.sbatch                                                   # one array task per run
+    python scripts/sweep.py status jobs/table1.runs                            # complete / partial / missing
+    python scripts/sweep.py run    jobs/table1.runs 5                          # run index 5 here (what a task calls)
+
+Every subcommand takes `--set KEY=VALUE` (repeatable) to override the file: `--set model_name=/models/t5-base`,
+`--set data_dir=../shared/data`, `--set seed=1,2` (a comma list makes a grid axis), `--set method=pt,residual_pt`
+(keep those methods), `--set sbatch.partition=gpu` (`--set sbatch.gres=` drops a directive).
+
+A sweep file (YAML, or JSON with a .json suffix) holds:
+    name: table1                       # job name, log folder (default: the file name)
+    description: ...                   # optional free text
+    fixed:   {FLAG: VALUE, ...}        # train.py flags of every run (null: leave the flag out)
+    methods: {METHOD: {FLAG: VALUE}}   # optional named bundles of flags; a method overrides `fixed`
+    grid:    {FLAG: [VALUE, ...]}      # the runs are methods x the product of these lists
+    run_name: "{task}_{method}_{seed}" # optional; default TASK-METHOD-[other grid axes]-lenP-lrX-seedS
+    sbatch:  {time: 1-00:00:00, gres: gpu:1, max_parallel: 8}   # extra #SBATCH directives
+FLAG is a train.py option without its dashes; a name train.py does not know, a value of the wrong type, or a run that
+train.py would refuse is an error (one line, exit 2) before anything runs. `save_name` is the run name.
+Run order: task (when a grid axis), then method, then the other grid axes in file order (the last varies fastest).
+Relative paths (save_dir, data_dir, model_name, logs) are relative to the project root.
+
+The array job looks each run up by index in the run list written next to it, so editing the sweep file later
+cannot reorder the runs of a submitted job. A run whose results.json says "complete" (with the same arguments) is
+skipped; any other run goes to train.py, which continues its checkpoint (--resume auto). SIGUSR1 before the time
+limit (#SBATCH --signal=B:USR1@300) reaches train.py through scripts/requeue_on_signal.sh, which requeues the task.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import io
+import itertools
+import json
+import os
+import re
+import shlex
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXIT_BAD_INPUT = 2
+TOP_KEYS = ("name", "description", "fixed", "methods", "grid", "run_name", "sbatch")
+OWN_DIRECTIVES = ("array", "requeue", "chdir", "open-mode")  # written by this script: a sweep may not set them
+ABBREV = {"prefix_len": "len", "select_k_per_class": "k", "prompt_init": "init_", "bottleneck_size": "m",
+          "mlp_dropout": "drop", "batch_size": "bs", "num_epochs": "ep", "data_seed": "dseed", "prefix_MLP": ""}
+
+
+class SweepError(Exception):
+    """Bad sweep file or command line: reported as one line, exit 2."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train.py's parser is the one authority on flag names, types and choices.
+# (The style guide keeps scripts from importing train.py; validating against a copied flag list would drift.)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _train_module():
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    import train
+    return train
+
+
+def _flags():
+    """{flag name: argparse action} of train.py, help excluded."""
+    parser = _train_module().build_parser()
+    return {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def _fmt(value):
+    """Canonical text of a value: the same in commands and run names (0.3, 0.0003, 1e-05, 10, MLP1)."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+def _coerce(flag, value, flags, where):
+    """A sweep value as train.py would parse it (None: leave the flag out)."""
+    if flag not in flags:
+        near = difflib.get_close_matches(flag, flags, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise SweepError(f"{where}: unknown train.py flag {flag!r}{hint}; see python train.py --help")
+    if flag == "save_name":
+        raise SweepError(f"{where}: save_name is set by the sweep (the run name); use run_name to shape it")
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):
+        raise SweepError(f"{where}: {flag} must be a single value here, got {value!r} (lists go in grid)")
+    action = flags[flag]
+    kind = action.type or str
+    try:
+        if isinstance(value, bool):
+            value = int(value) if kind is not str else str(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        value = kind(value) if kind in (int, float) else str(value)
+    except ValueError:
+        raise SweepError(f"{where}: {flag} needs a {kind.__name__}, got {value!r}") from None
+    if action.choices is not None and value not in action.choices:
+        raise SweepError(f"{where}: {flag} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sweep file -> runs
+# ---------------------------------------------------------------------------------------------------------------
+
+def load_sweep(path):
+    """The sweep file as a dict (YAML, or JSON for a .json suffix)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise SweepError(f"cannot read sweep file {path} ({e.strerror})") from None
+    import yaml
+
+    try:
+        spec = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:  # the parser's message names line and column
+        raise SweepError(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+                         f"{' '.join(str(e).split())}") from None
+    if not isinstance(spec, dict):
+        raise SweepError(f"{path}: the top level must be a mapping with keys {', '.join(TOP_KEYS)}")
+    unknown = sorted(set(spec) - set(TOP_KEYS))
+    if unknown:
+        raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(TOP_KEYS)}")
+    spec.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    return spec
+
+
+def _mapping(spec, key, path):
+    value = spec.get(key) or {}
+    if not isinstance(value, dict):
+        raise SweepError(f"{path}: {key} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def apply_sets(spec, sets, path):
+    """Apply --set KEY=VALUE overrides (strings) to a loaded sweep; returns a new dict."""
+    spec = {**spec, **{k: _mapping(spec, k, path) for k in ("fixed", "methods", "grid")}}
+    spec["methods"] = {m: dict(b) if isinstance(b, dict) else b for m, b in spec["methods"].items()}  # own copies
+    spec["sbatch"] = _mapping(spec, "sbatch", path)
+    for item in sets:
+        key, eq, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not eq or not key:
+            raise SweepError(f"--set {item!r}: expected KEY=VALUE")
+        if key.startswith("sbatch."):
+            if value == "":
+                spec["sbatch"].pop(key[7:], None)
+            else:
+                spec["sbatch"][key[7:]] = value
+        elif key == "method":
+            keep = [m for m in value.split(",") if m]
+            if not keep:
+                raise SweepError("--set method= needs one or more method names (comma-separated)")
+            missing = [m for m in keep if m not in spec["methods"]]
+            if missing:
+                raise SweepError(f"--set method: no method {', '.join(missing)} in {path}; "
+                                 f"it has {', '.join(spec['methods']) or 'none'}")
+            spec["methods"] = {m: spec["methods"][m] for m in keep}
+        elif key in ("name", "run_name"):
+            spec[key] = value
+        elif key not in _flags():
+            near = difflib.get_close_matches(key, _flags(), n=1)
+            raise SweepError(f"--set {key}: no such train.py flag{f' (did you mean {near[0]}?)' if near else ''}; "
+                             f"other keys: method, name, run_name, sbatch.DIRECTIVE")
+        else:  # a train.py flag: final say over fixed, methods and grid
+            for bundle in spec["methods"].values():
+                if isinstance(bundle, dict):
+                    bundle.pop(key, None)
+            if key in spec["grid"] or "," in value:  # a grid axis stays one (it stays in the run name)
+                spec["fixed"].pop(key, None)
+                spec["grid"][key] = [v for v in value.split(",") if v != ""]
+            else:
+                spec["fixed"][key] = value
+    return spec
+
+
+def expand(spec, path="sweep", check=True):
+    """The sweep's runs, in order: [{"name", "method", "argv" (train.py arguments), "values"}]."""
+    flags = _flags()
+    fixed = {k: _coerce(k, v, flags, f"{path}: fixed") for k, v in spec["fixed"].items()}
+    methods = {}
+    for m, bundle in spec["methods"].items():
+        if not re.fullmatch(r"[A-Za-z0-9_.+]+", str(m)):
+            raise SweepError(f"{path}: method name {m!r} may use letters, digits and _ . + only")
+        if not isinstance(bundle, dict):
+            raise SweepError(f"{path}: methods.{m} must be a mapping of train.py flags")
+        methods[str(m)] = {k: _coerce(k, v, flags, f"{path}: methods.{m}") for k, v in bundle.items()}
+    grid = {}
+    for k, values in spec["grid"].items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{path}: grid.{k} must be a non-empty list, got {values!r}")
+        grid[k] = [_coerce(k, v, flags, f"{path}: grid.{k}") for v in values]
+        if len(set(map(_fmt, grid[k]))) < len(grid[k]):
+            raise SweepError(f"{path}: grid.{k} repeats a value: {grid[k]}")
+        if k in fixed:
+            raise SweepError(f"{path}: {k} is both in fixed and in grid; keep one")
+        for m, bundle in methods.items():
+            if k in bundle:
+                raise SweepError(f"{path}: {k} is both in methods.{m} and in grid; keep one")
+
+    axes = [k for k in grid if k != "task"]
+    template = spec.get("run_name") or _default_template((["task"] if "task" in grid else []) + axes, bool(methods))
+    runs, seen = [], {}
+    for task in grid.get("task", [None]):  # order: task, method, then the other axes (the last varies fastest)
+        for method in list(methods) or [None]:
+            for combo in itertools.product(*(grid[k] for k in axes)):
+                point = dict(zip(axes, combo), **({} if task is None else {"task": task}))
+                values = {**fixed, **(methods[method] if method else {}), **point}
+                values = {k: v for k, v in values.items() if v is not None}
+                if "task" not in values:
+                    raise SweepError(f"{path}: no task: set task in fixed, a method or grid")
+                name = _run_name(template, values, method, flags, path)
+                if name in seen:
+                    raise SweepError(f"{path}: runs {seen[name]} and {len(runs)} are both named {name!r}: "
+                                     f"add the field that tells them apart to run_name")
+                seen[name] = len(runs)
+                argv = ["--task", _fmt(values["task"])]
+                for k, v in values.items():
+                    if k not in ("task", "save_dir"):
+                        argv += [f"--{k}", _fmt(v)]
+                argv += ["--save_dir", _fmt(values.get("save_dir", flags["save_dir"].default)), "--save_name", name]
+                runs.append({"name": name, "method": method, "argv": argv, "values": values})
+    if check:
+        check_runs(runs, path)
+    return runs
+
+
+def _default_template(axes, has_methods):
+    first, last = ["task", "method"] if has_methods else ["task"], ["prefix_len", "lr", "seed"]
+    fields = first + [a for a in axes if a not in first + last] + last
+    return "-".join(("{%s}" if f in ("task", "method") else ABBREV.get(f, f) + "{%s}") % f for f in fields)
+
+
+def _run_name(template, values, method, flags, path):
+    class Fields(dict):
+        def __missing__(self, key):
+            if key not in flags:
+                raise SweepError(f"{path}: run_name uses {{{key}}}, which is no train.py flag (nor 'method')")
+            return _fmt(flags[key].default)
+    fields = Fields({k: _fmt(v) for k, v in values.items()})
+    fields["method"] = method or ""
+    try:
+        name = template.format_map(fields)
+    except (ValueError, IndexError) as e:
+        raise SweepError(f"{path}: bad run_name {template!r} ({e})") from None
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", name)  # a folder name: no '/' or spaces
+
+
+def check_runs(runs, path):
+    """Every run must get past train.py's own parsing and checks (task, types, invalid combinations)."""
+    train = _train_module()
+    from data_utils import TASKS
+    from train_utils import ConfigError
+
+    parser = train.build_parser()
+
+    def refuse(message):
+        raise SweepError(message)
+
+    for i, run in enumerate(runs):
+        parser.error = lambda message, i=i, run=run: refuse(
+            f"{path}: run {i} ({run['name']}): train.py would refuse it: {message}")
+        args = parser.parse_args(run["argv"])
+        if args.task not in TASKS:
+            raise SweepError(f"{path}: run {i} ({run['name']}): unknown task {args.task!r}; "
+                             f"valid: {', '.join(sorted(TASKS))}")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # check_args prints notes
+                train.check_args(args, train.explicit_flags(parser, run["argv"]))
+        except ConfigError as e:
+            raise SweepError(f"{path}: run {i} ({run['name']}): train.py would refuse it: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run lists: the file the array job reads (the output of `list`, with a header)
+# ---------------------------------------------------------------------------------------------------------------
+
+def command_line(run):
+    return "python " + shlex.join(["train.py"] + run["argv"])
+
+
+def read_runs(source, sets):
+    """Runs of a sweep file (.yaml/.yml/.json) or of a run list written by `sbatch` (.runs)."""
+    if source.endswith(".runs"):
+        if sets:
+            raise SweepError(f"--set applies to a sweep file, not to the run list {source} (it is fixed)")
+        try:
+            with open(source) as f:
+                lines = [ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#")]
+        except OSError as e:
+            raise SweepError(f"cannot read run list {source} ({e.strerror})") from None
+        runs = []
+        for n, line in enumerate(lines):
+            name, tab, command = line.partition("\t")
+            words = shlex.split(command)
+            if not tab or words[:2] != ["python", "train.py"]:
+                raise SweepError(f"{source}: run {n} is not 'NAME<TAB>python train.py ...': {line[:80]!r}")
+            runs.append({"name": name, "argv": words[2:]})
+        return runs, os.path.splitext(os.path.basename(source))[0]
+    if not source.endswith((".yaml", ".yml", ".json")):
+        raise SweepError(f"{source}: expected a sweep file (.yaml, .yml, .json) or a run list (.runs)")
+    spec = apply_sets(load_sweep(source), sets, source)
+    return expand(spec, source), spec["name"]
+
+
+def run_dir(argv):
+    parser = _train_module().build_parser()
+    args = parser.parse_args(argv)
+    path = os.path.join(args.save_dir, args.save_name)
+    return path if os.path.isabs(path) else os.path.join(ROOT, path)
+
+
+def run_state(path):
+    """complete | failed (diverged: results.json holds an error) | partial | missing."""
+    results = {}
+    try:
+        with open(os.path.join(path, "results.json")) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        pass
+    if results.get("complete"):
+        return "complete"
+    if results.get("error"):
+        return "failed"
+    return "partial" if os.path.isdir(path) and os.listdir(path) else "missing"
+
+
+def same_args(path, argv):
+    """train.py's own test of whether a finished run was made with these arguments: [] or the differences."""
+    train = _train_module()
+    from checkpoints import differing_args
+    from train_utils import ConfigError
+
+    try:
+        with open(os.path.join(path, "args.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return ["no readable args.json"]
+    parser = train.build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            train.check_args(args, train.explicit_flags(parser, argv))
+    except ConfigError as e:  # train.py will say it properly
+        return [str(e)]
+    return differing_args(saved, vars(args))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------------------------
+
+def _show(path):
+    """A path as the user should type it: relative to the project root when inside it (sbatch runs there)."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+
+
+def cmd_list(a):
+    runs, _ = read_runs(a.sweep, a.set)
+    for run in runs:
+        print(f"{run['name']}\t{command_line(run)}")
+    return 0
+
+
+def cmd_run(a):
+    runs, _ = read_runs(a.sweep, a.set)
+    if not 0 <= a.index < len(runs):
+        raise SweepError(f"index {a.index} is out of range: {a.sweep} has {len(runs)} runs (0-{len(runs) - 1})")
+    run = runs[a.index]
+    path = run_dir(run["argv"])
+    if run_state(path) == "complete":
+        diff = same_args(path, run["argv"])
+        if not diff:
+            print(f"sweep.py: skip run {a.index} {run['name']}: {path}/results.json is complete", flush=True)
+            return 0
+        print(f"sweep.py: run {a.index} {run['name']} is complete with other arguments ({'; '.join(diff)}); "
+              f"train.py decides", flush=True)
+    argv = [sys.executable, os.path.join(ROOT, "train.py")] + run["argv"]
+    print(f"sweep.py: run {a.index} {run['name']}: {shlex.join(argv)}", flush=True)
+    os.chdir(ROOT)
+    os.execv(sys.executable, argv)  # same process: a signal sent to it reaches train.py (checkpoint, exit 75)
+
+
+def cmd_status(a):
+    runs, name = read_runs(a.sweep, a.set)
+    counts = {"complete": 0, "partial": 0, "failed": 0, "missing": 0}
+    for i, run in enumerate(runs):
+        path = run_dir(run["argv"])
+        state = run_state(path)
+        counts[state] += 1
+        if a.verbose:
+            print(f"{i}\t{state}\t{run['name']}\t{os.path.relpath(path, ROOT)}")
+    print(f"{name}: {len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "failed"))
+    return 0
+
+
+def cmd_sbatch(a):
+    spec = apply_sets(load_sweep(a.sweep), a.set, a.sweep)
+    runs = expand(spec, a.sweep)
+    script = os.path.abspath(a.output)
+    run_list = script.removesuffix(".sbatch") + ".runs"
+    directives = dict(spec["sbatch"])
+    bad = [d for d in directives if d in OWN_DIRECTIVES]
+    if bad:
+        raise SweepError(f"{a.sweep}: sbatch.{bad[0]} is written by sweep.py; remove it")
+    max_parallel = directives.pop("max_parallel", None)
+    array = f"0-{len(runs) - 1}" + (f"%{max_parallel}" if max_parallel else "")
+    head = {"job-name": spec["name"], "array": array, "requeue": None, "signal": "B:USR1@300",
+            "output": f"logs/{spec['name']}/%a.log", "open-mode": "append", "chdir": ROOT}
+    head.update(directives)
+    log = head["output"] if os.path.isabs(head["output"]) else os.path.join(ROOT, head["output"])
+    os.makedirs(os.path.dirname(log), exist_ok=True)  # SLURM does not create it: the task would fail unseen
+    os.makedirs(os.path.dirname(script), exist_ok=True)
+
+    origin = shlex.join([_show(a.sweep)] + [f"--set={s}" for s in a.set])
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with open(run_list, "w") as f:
+        f.write(f"# run list of sweep {spec['name']}: {len(runs)} runs from {origin}, written {stamp} by "
+                f"scripts/sweep.py\n# line i (0-based, comments excluded) = array index i: NAME<TAB>COMMAND "
+                f"(run from the project root)\n")
+        f.writelines(f"{run['name']}\t{command_line(run)}\n" for run in runs)
+    lines = ["#!/bin/bash",
+             f"# SLURM array job of sweep {spec['name']} ({len(runs)} runs), written {stamp} by scripts/sweep.py from",
+             f"#   {origin}",
+             f"# Submit: sbatch {_show(script)}     progress: python scripts/sweep.py status {_show(run_list)}",
+             f"# Index i runs line i of {os.path.basename(run_list)}; complete runs are skipped: resubmit to go on.",
+             "# SLURM runs it with the environment of sbatch: activate the virtual environment first (or set PYTHON)."]
+    lines += [f"#SBATCH --{k}" + ("" if v is None else f"={v}") for k, v in head.items()]
+    lines += ["set -uo pipefail",
+              'PYTHON="${PYTHON:-python}"',
+              "# torch's CPU threads: as many as the task's CPUs (by default it would use every core of the node)",
+              'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then',
+              '    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"',
+              "fi",
+              f"RUNS={shlex.quote(run_list)}",
+              ('echo "== $(date "+%F %T") job ${SLURM_JOB_ID:-?} = ${SLURM_ARRAY_JOB_ID:-?}_${SLURM_ARRAY_TASK_ID:-?}'
+               ' restart ${SLURM_RESTART_COUNT:-0} on $(hostname)"'),
+              "# exec: the wrapper takes this shell's place, so SIGUSR1 (B:USR1) reaches it, and through it train.py;",
+              "# a wrapper started as a child would not see it, and the signal would kill this shell and end the job.",
+              'exec bash scripts/requeue_on_signal.sh "$PYTHON" scripts/sweep.py run "$RUNS" "$SLURM_ARRAY_TASK_ID"',
+              ""]
+    with open(script, "w") as f:
+        f.write("\n".join(lines))
+    os.chmod(script, 0o755)
+    done = sum(run_state(run_dir(r["argv"])) == "complete" for r in runs)
+    print(f"wrote {_show(script)} (array {array}) and {_show(run_list)}: {len(runs)} runs, {done} already complete;"
+          f" submit from the project root with: sbatch {_show(script)}")
+    return 0
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"sweep.py: error: {message} (see python scripts/sweep.py --help)\n")
+
+
+def build_parser():
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    helps = {"list": "print NAME<TAB>COMMAND per run", "run": "run one entry here (what an array task calls)",
+             "status": "count complete / partial / missing runs", "sbatch": "write a SLURM array script + run list"}
+    for name, fn in (("list", cmd_list), ("run", cmd_run), ("status", cmd_status), ("sbatch", cmd_sbatch)):
+        s = sub.add_parser(name, help=helps[name], description=helps[name])
+        s.add_argument("sweep", help="sweep file (.yaml/.yml/.json)" + ("" if name == "sbatch" else
+                                                                         " or run list (.runs)"))
+        if name == "run":
+            s.add_argument("index", type=int, help="0-based run index (SLURM_ARRAY_TASK_ID)")
+        if name == "sbatch":
+            s.add_argument("-o", "--output", required=True, help="sbatch script to write; the run list goes "
+                                                                  "next to it (NAME.sbatch -> NAME.runs)")
+        if name == "status":
+            s.add_argument("-v", "--verbose", action="store_true", help="one line per run")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override the sweep file (repeatable): a train.py flag, method=A,B or sbatch.KEY")
+        s.set_defaults(fn=fn)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except BrokenPipeError:  # `list ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except SweepError as e:
+        print(f"sweep.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
