@@ -68,7 +68,7 @@ def save_npy(path, array, allow_pickle=False):
 def save_checkpoint(path, snap, args: dict, extra: dict | None = None):
     """checkpoint.pt: the best (or final) raw prompt + reparameterization state + projected prompt + resolved args."""
     obj = {"prompt": snap["prompt"], "reparam": snap["reparam"], "projected_prompt": snap["projected_prompt"],
-           "args": args, **(extra or {})}
+           "head": snap.get("head"), "args": args, **(extra or {})}
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -102,6 +102,7 @@ def save_train_state(path, state: TrainState, wrapper, optimizer, args: dict, el
         "prompt": None if wrapper.prompt is None else wrapper.prompt.detach().cpu(),
         "reparam": None if wrapper.reparam is None else wrapper.reparam.state_dict(),
         "model": wrapper.model.state_dict() if full_model else None,
+        "head": None if wrapper.head is None else wrapper.head.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_state(),
@@ -123,6 +124,8 @@ def restore_train_state(obj: dict, wrapper, optimizer, scaler=None) -> tuple[Tra
             wrapper.reparam.load_state_dict(obj["reparam"])
         if obj["model"] is not None:
             wrapper.model.load_state_dict(obj["model"])
+        if obj.get("head") is not None:
+            wrapper.head.load_state_dict(obj["head"])
     optimizer.load_state_dict(obj["optimizer"])
     if scaler is not None and obj.get("scaler"):
         scaler.load_state_dict(obj["scaler"])

@@ -293,7 +293,8 @@ class StopSignal:
 
 
 def load_model(name):
-    """T5ForConditionalGeneration + tokenizer from a Hub name or a local directory."""
+    """(model, tokenizer, encoder_only) from a Hub name or a local directory: a T5ForConditionalGeneration, or for
+    a BERT-style checkpoint (BERT, RoBERTa, MiniLM, ...) its encoder (encoder_model.load_encoder)."""
     from transformers import AutoConfig, AutoTokenizer, T5ForConditionalGeneration
     from transformers.utils import logging as hf_logging
     from train_utils import ConfigError
@@ -306,9 +307,14 @@ def load_model(name):
                               f"save_pretrained (e.g. python scripts/make_tiny_t5.py {name}) or a Hub name")
     try:
         config = AutoConfig.from_pretrained(name)
+        import encoder_model
+
+        if encoder_model.is_encoder_only(config):
+            return (*encoder_model.load_encoder(name), True)
         if config.model_type not in ("t5", "mt5"):
             raise ConfigError(f"--model_name {name} is a {config.model_type!r} model; train.py tunes prompts for "
-                              f"T5 encoder-decoders (t5-base, google/t5-v1_1-base, google/flan-t5-base, ...)")
+                              f"T5 encoder-decoders (t5-base, google/flan-t5-base, ...) and BERT-style encoders "
+                              f"({', '.join(encoder_model.ENCODER_TYPES)})")
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = T5ForConditionalGeneration.from_pretrained(name)
     except ConfigError:
@@ -317,7 +323,7 @@ def load_model(name):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot load model {name!r} ({first[:200]}); offline, pass --model_name a local T5 "
                           f"directory with config.json, weights and tokenizer files") from None
-    return model, tokenizer
+    return model, tokenizer, False
 
 
 def versions():
@@ -363,15 +369,28 @@ def run(args):
                              f"check --select_k_per_class / --limit_val_set")
 
     # ---- model ----
-    model, tokenizer = load_model(args.model_name)
-    train = tu.encode_split(task, splits["train"], tokenizer, args.seq_len)
-    val = tu.encode_split(task, splits["val"], tokenizer, args.seq_len, splits.get("val_groups"),
+    model, tokenizer, encoder_only = load_model(args.model_name)
+    if encoder_only:  # BERT-style: the prompt after [CLS], a classification (stsb: regression) head on [CLS]
+        import encoder_model
+
+        encoder_model.check_task(task)
+        if args.fsdp or args.compile:
+            raise tu.ConfigError("--fsdp and --compile are implemented for T5 models only: drop them for "
+                                 f"{args.model_name}")
+        encode = encoder_model.encode_split_encoder
+    else:
+        encode = tu.encode_split
+    train = encode(task, splits["train"], tokenizer, args.seq_len)
+    val = encode(task, splits["val"], tokenizer, args.seq_len, splits.get("val_groups"),
                           splits.get("val_official_groups"))
     test = None
     if splits.get("test"):
-        test = tu.encode_split(task, splits["test"], tokenizer, args.seq_len, splits.get("test_groups"),
+        test = encode(task, splits["test"], tokenizer, args.seq_len, splits.get("test_groups"),
                                splits.get("test_official_groups"))
-    wrapper, prompt_ids, n_model_trainable = tu.build_prompt_model(model, args, tokenizer, task.label_words)
+    if encoder_only:
+        wrapper, prompt_ids, n_model_trainable = encoder_model.build_prompt_encoder(model, args, tokenizer, task)
+    else:
+        wrapper, prompt_ids, n_model_trainable = tu.build_prompt_model(model, args, tokenizer, task.label_words)
     wrapper.to(device)
     if args.fsdp:
         distributed.shard_frozen_model(model, device, dist.world)
@@ -404,7 +423,8 @@ def run(args):
             "trainable_params": {
                 "prompt": 0 if wrapper.prompt is None else wrapper.prompt.numel(),
                 "reparam": 0 if wrapper.reparam is None else sum(p.numel() for p in wrapper.reparam.parameters()),
-                "model": n_model_trainable},
+                "model": n_model_trainable,
+                "head": 0 if wrapper.head is None else sum(p.numel() for p in wrapper.head.parameters())},
             "prompt_init": {"method": args.prompt_init if wrapper.prompt is not None else None,
                             "token_ids": None if prompt_ids is None else [int(i) for i in prompt_ids]}}
 

@@ -180,6 +180,8 @@ def build_optimizer(name, wrapper, lr, mlp_lr=None, weight_decay=1e-5, eps=1e-8)
     main = [p for p in wrapper.model.parameters() if p.requires_grad]
     if wrapper.prompt is not None:
         main = [wrapper.prompt] + main
+    if wrapper.head is not None:  # an encoder's task head trains with the prompt, at lr
+        main += list(wrapper.head.parameters())
     groups = [{"params": main, "lr": lr}]
     if wrapper.reparam is not None:
         groups.append({"params": list(wrapper.reparam.parameters()), "lr": lr if mlp_lr is None else mlp_lr})
@@ -266,6 +268,7 @@ class PromptT5(nn.Module):
         self.reparam = reparam
         self.seq_len = seq_len
         self.precision = precision
+        self.head = None  # T5 answers with its LM head; encoder_model.PromptEncoder trains a task head here
 
     def autocast(self):
         """The one precision context (--precision): the frozen model runs in bf16/fp16 under autocast; the prompt
@@ -340,6 +343,13 @@ class PromptT5(nn.Module):
                 return self.model.generate(input_ids=source_ids[:, :self.seq_len], **kwargs)
             return self.model.generate(inputs_embeds=embeds, **kwargs)
 
+    @torch.no_grad()
+    def decode(self, batch, prompt, tokenizer, max_length, synced=False):
+        """-> (generated strings, target strings) of a batch, the two lists data_utils.evaluate compares."""
+        out = self.generate(batch["source_ids"], max_length, prompt, synced=synced)
+        return (tokenizer.batch_decode(out.tolist(), skip_special_tokens=False),
+                tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False))
+
 
 def freeze_model(model, freeze: bool, except_substring: str):
     """--freeze_weights 1: freeze every parameter whose name does not contain --freeze_except (original rule)."""
@@ -402,12 +412,10 @@ def evaluate(wrapper: PromptT5, split: EncodedSplit, task, tokenizer, batch_size
             batch = dict(mine[min(j, len(mine) - 1)]) if mine else dict(batches[0])
             rows = batch.pop("rows")
             batch = {k: v.to(device) for k, v in batch.items()}
-            out = wrapper.generate(batch["source_ids"], task.target_len, prompt, synced=world > 1)
+            dec, tgt = wrapper.decode(batch, prompt, tokenizer, task.target_len, synced=world > 1)
             s, c = wrapper.token_losses(batch, prompt)
             if j < len(mine):  # not a repeat
-                local.append((rows, tokenizer.batch_decode(out.tolist(), skip_special_tokens=False),
-                              tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False),
-                              s.double().cpu(), c.double().cpu()))
+                local.append((rows, dec, tgt, s.double().cpu(), c.double().cpu()))
         for part in (dist.gather(local) if world > 1 else [local]):
             for rows, dec, tgt, s, c in part:
                 for i, d, t in zip(rows, dec, tgt):
@@ -482,6 +490,8 @@ def _snapshot(wrapper: PromptT5, full_model: bool):
         "reparam": None if wrapper.reparam is None else {k: v.detach().cpu().clone()
                                                           for k, v in wrapper.reparam.state_dict().items()},
         "model": {k: v.detach().cpu().clone() for k, v in wrapper.model.state_dict().items()} if full_model else None,
+        "head": None if wrapper.head is None else {k: v.detach().cpu().clone()
+                                                    for k, v in wrapper.head.state_dict().items()},
     }
 
 
@@ -584,10 +594,9 @@ def fit(wrapper, optimizer, train: EncodedSplit, val: EncodedSplit, task, tokeni
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "rows"}
             prompt = wrapper.projected_prompt()  # [P, H], once per step, in fp32
             if i < train_eval_batches:  # the original's training accuracy: generate on the first 250 batches
-                with torch.no_grad():
-                    out = wrapper.generate(batch["source_ids"], task.target_len, prompt)
-                part["decoded"] += tokenizer.batch_decode(out.tolist(), skip_special_tokens=False)
-                part["targets"] += tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False)
+                dec, tgt = wrapper.decode(batch, prompt, tokenizer, task.target_len)
+                part["decoded"] += dec
+                part["targets"] += tgt
             part["losses"].append(train_step(wrapper, optimizer, batch, prompt, scaler, dist))
             state.step = i + 1
             done = epoch * steps_per_epoch + state.step
@@ -646,3 +655,5 @@ def load_snapshot(wrapper: PromptT5, snap):
             wrapper.reparam.load_state_dict(snap["reparam"])
         if snap["model"] is not None:
             wrapper.model.load_state_dict(snap["model"])
+        if snap.get("head") is not None:  # .get: snapshots written before heads existed have none
+            wrapper.head.load_state_dict(snap["head"])
