@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 from data_utils import TASKS
@@ -134,3 +135,18 @@ def _sortable(values):
         return True
     except TypeError:
         return False
+
+
+def load_runs(paths, group_by_text: str, prog: str):
+    """What make_table.py and plot_curves.py start with: (complete runs, the --group_by keys). Incomplete runs are
+    named in a warning on stderr; no complete run, or an unknown --group_by key, raises ValueError."""
+    group_by = [g for g in group_by_text.split(",") if g]
+    runs, incomplete = find_runs(paths)
+    if not runs:
+        raise ValueError(f"no complete run (a folder with args.json and results.json whose complete is true) "
+                         f"under {', '.join(paths)}")
+    check_group_by(runs, group_by)
+    if incomplete:
+        print(f"{prog}: warning: skipped {len(incomplete)} incomplete run(s): {', '.join(incomplete)}",
+              file=sys.stderr)
+    return runs, group_by

@@ -115,16 +115,8 @@ def to_markdown(wide):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    group_by = [g for g in args.group_by.split(",") if g]
     try:
-        runs, incomplete = run_dirs.find_runs(args.runs_dirs)
-        if not runs:
-            raise ValueError(f"no complete run (a folder with args.json and results.json whose complete is true) "
-                             f"under {', '.join(args.runs_dirs)}")
-        run_dirs.check_group_by(runs, group_by)
-        if incomplete:
-            print(f"make_table.py: warning: skipped {len(incomplete)} incomplete run(s): {', '.join(incomplete)}",
-                  file=sys.stderr)
+        runs, group_by = run_dirs.load_runs(args.runs_dirs, args.group_by, "make_table.py")
         df, no_score = collect(runs, args.metric, group_by)
         if no_score:
             why = "no test score (trained without --get_test_subset 1)" if args.metric == "test" else \

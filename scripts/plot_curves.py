@@ -148,16 +148,8 @@ def _legend(fig, axes):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    group_by = [g for g in args.group_by.split(",") if g]
     try:
-        runs, incomplete = run_dirs.find_runs(args.runs_dirs)
-        if not runs:
-            raise ValueError(f"no complete run (a folder with args.json and results.json whose complete is true) "
-                             f"under {', '.join(args.runs_dirs)}")
-        run_dirs.check_group_by(runs, group_by)
-        if incomplete:
-            print(f"plot_curves.py: warning: skipped {len(incomplete)} incomplete run(s): {', '.join(incomplete)}",
-                  file=sys.stderr)
+        runs, group_by = run_dirs.load_runs(args.runs_dirs, args.group_by, "plot_curves.py")
     except (FileNotFoundError, ValueError) as e:
         print(f"plot_curves.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -88,21 +88,27 @@ def test_sigterm_checkpoints_exits_75_and_resumes_identically(baseline, tiny_t5_
     assert outcome(tmp_path / "term") == baseline
 
 
-def test_external_signals_from_outside_the_process(baseline, tiny_t5_dir, data_dir, tmp_path):
-    """SLURM's SIGUSR1, then a second signal: exit at once with nothing torn; the run still resumes exactly."""
-    args = train_args(tiny_t5_dir, data_dir, tmp_path, "usr1")
+def signal_twice(args, tmp_path, name, first, second):
+    """Start a run, wait for its first checkpoint, send two signals 10 ms apart; returns (exit code, stderr)."""
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    state_file = tmp_path / "usr1" / "train_state.pt"
+    state_file = tmp_path / name / "train_state.pt"
     deadline = time.time() + 300
     while not state_file.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(first)
     time.sleep(0.01)
-    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(second)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 75, err[-2000:]
     torch.load(state_file, weights_only=True)  # still a whole, loadable checkpoint
+    return proc.returncode, err
+
+
+def test_external_signals_from_outside_the_process(baseline, tiny_t5_dir, data_dir, tmp_path):
+    """SLURM's SIGUSR1, then a second signal: exit at once with nothing torn; the run still resumes exactly."""
+    args = train_args(tiny_t5_dir, data_dir, tmp_path, "usr1")
+    rc, err = signal_twice(args, tmp_path, "usr1", signal.SIGUSR1, signal.SIGUSR1)
+    assert rc == 75, err[-2000:]
     resumed = run(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert outcome(tmp_path / "usr1") == baseline
@@ -113,17 +119,8 @@ def test_preemption_pair_of_signals_still_checkpoints(baseline, tiny_t5_dir, dat
     after. That pair is one request: the run stops at a step boundary with a fresh checkpoint (it says so on
     stderr) instead of exiting at once, and resumes exactly."""
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "pair")
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    state_file = tmp_path / "pair" / "train_state.pt"
-    deadline = time.time() + 300
-    while not state_file.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.01)
-    proc.send_signal(signal.SIGUSR1)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 75 and "the checkpoint is in" in err, err[-2000:]
+    rc, err = signal_twice(args, tmp_path, "pair", signal.SIGTERM, signal.SIGUSR1)
+    assert rc == 75 and "the checkpoint is in" in err, err[-2000:]
     resumed = run(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert outcome(tmp_path / "pair") == baseline
