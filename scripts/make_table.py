@@ -42,7 +42,8 @@ def build_parser():
     p.add_argument("--metric", default="best_val", choices=run_dirs.METRICS,
                    help="best_val: results.json best_val_score; test: the test subset's score of the best state")
     p.add_argument("--group_by", default="", help="comma-separated args.json keys that split rows (e.g. lr,prefix_len)")
-    p.add_argument("--out", default="table", help="writes OUT.csv and OUT.tex")
+    p.add_argument("--out", default="table",
+                   help="writes OUT.csv and OUT.tex, replacing earlier ones (default: table.csv and table.tex here)")
     return p
 
 

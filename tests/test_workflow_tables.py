@@ -220,3 +220,34 @@ def test_no_lr_plot_without_an_lr_sweep(sweep, tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["val_curves.png"]
     assert "no score_vs_lr.png" in capsys.readouterr().err
     assert_png(out / "val_curves.png")
+
+
+convergence = load_script("convergence")
+
+
+def test_convergence_means_over_seeds_then_tasks(sweep, tmp_path, capsys):
+    """Score after each epoch per method; tasks that not every row has (rte: no fine-tuning run) are left out."""
+    assert convergence.main([str(sweep), "--epochs", "1,2", "--out", str(tmp_path / "conv")]) == 0
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table_lines(capsys.readouterr().out)[2:]}
+    assert rows["PT"] == ["55.0", "75.0", "2.0"]                  # cb only: seeds (50, 60, 55) and (70, 75, 80)
+    assert rows["Residual PT (MLP1)"] == ["77.0", "80.0", "1.5"]  # the unfinished third seed does not count
+    assert rows["Fine-tuning"] == ["90.0", "85.0", "1.0"]
+    csv = pd.read_csv(tmp_path / "conv.csv")
+    assert set(csv["tasks"]) == {1}
+
+
+def test_convergence_averages_tasks_every_method_has(sweep, capsys):
+    assert convergence.main([str(sweep / "pt"), str(sweep / "res"), "--epochs", "1,2"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table_lines(out)[2:]}
+    assert rows["PT"] == ["32.5", "68.5", "2.0"]                  # (55 + 10) / 2, (75 + 62) / 2
+    assert rows["Residual PT (MLP1)"] == ["73.5", "50.0", "1.2"]  # best epochs cb 1.5, rte 1.0 -> 1.25
+    assert "the 2 task(s)" in out
+
+
+def test_convergence_refuses_epochs_no_run_reached(sweep, capsys):
+    assert convergence.main([str(sweep), "--epochs", "3"]) == 2
+    assert "no run reached epoch 3" in capsys.readouterr().err
+    assert convergence.main([str(sweep), "--epochs", "0,x"]) == 2
+    assert "--epochs" in capsys.readouterr().err
