@@ -4,9 +4,10 @@
     python scripts/plot_curves.py runs/ --out plots/ --group_by prefix_len --metric test
 
 Writes into --out:
-  val_curves.png   one column per task; top row the validation score x 100, bottom row the validation loss, against
-                   the epoch; per method a line for the mean over seeds and a band of ± the sample std (ddof=1; no
-                   band for a single seed, and at an epoch that only some seeds reached, the mean of those)
+  val_curves.png   per task the validation score x 100 over the validation loss, against the epoch (five tasks
+                   per row, then wrapping); per method a line for the mean over seeds and a band of ± the sample
+                   std (ddof=1; no band for a single seed, and at an epoch that only some seeds reached, the mean of
+                   those)
   score_vs_lr.png  only when runs of one method and task differ in --lr: the score (--metric: best_val or test)
                    x 100 against lr on a log axis, mean ± sample std over seeds, one panel per task
 Runs are found and labelled as in scripts/make_table.py (incomplete runs are skipped with a warning; so are,
@@ -91,26 +92,37 @@ def _band(ax, x, mean, std, color, label, log=False):
         ax.set_xscale("log")
 
 
-def plot_curves(df, tasks, path):
+def plot_curves(df, tasks, path, per_row=5):
+    """Per task a score panel over a loss panel; more than ``per_row`` tasks wrap onto further pairs of rows."""
     labels = _labels_in_order(df)
     colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     stats = mean_std(df, ["label", "task", "epoch"], ["score", "loss"])
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6.4), squeeze=False, sharex="col")
-    for j, task in enumerate(tasks):
+    ncol = min(per_row, len(tasks))
+    bands = -(-len(tasks) // ncol)
+    fig, axes = plt.subplots(2 * bands, ncol, figsize=(4.2 * ncol, 6.4 * bands), squeeze=False)
+    for j in range(bands * ncol):
+        top, bottom = axes[2 * (j // ncol), j % ncol], axes[2 * (j // ncol) + 1, j % ncol]
+        if j >= len(tasks):
+            top.set_visible(False)
+            bottom.set_visible(False)
+            continue
+        task = tasks[j]
         for lab in labels:
             s = stats[(stats["label"] == lab) & (stats["task"] == task)]
             if s.empty:
                 continue
-            _band(axes[0, j], s["epoch"], s["score_mean"], s["score_std"], colors[lab], lab)
-            _band(axes[1, j], s["epoch"], s["loss_mean"], s["loss_std"], colors[lab], lab)
-        axes[0, j].set_title(task)
-        axes[1, j].set_xlabel("epoch")
-    axes[0, 0].set_ylabel("validation score x 100")
-    axes[1, 0].set_ylabel("validation loss")
+            _band(top, s["epoch"], s["score_mean"], s["score_std"], colors[lab], lab)
+            _band(bottom, s["epoch"], s["loss_mean"], s["loss_std"], colors[lab], lab)
+        top.set_title(task)
+        bottom.set_xlabel("epoch")
+        if j % ncol == 0:
+            top.set_ylabel("validation score x 100")
+            bottom.set_ylabel("validation loss")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     _legend(fig, axes)
+    fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return stats

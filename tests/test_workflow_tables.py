@@ -251,3 +251,22 @@ def test_convergence_refuses_epochs_no_run_reached(sweep, capsys):
     assert "no run reached epoch 3" in capsys.readouterr().err
     assert convergence.main([str(sweep), "--epochs", "0,x"]) == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+def png_size(path):
+    head = Path(path).read_bytes()[:24]
+    assert head[:8] == PNG_SIGNATURE
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_many_tasks_wrap_onto_more_rows(tmp_path, capsys):
+    """Seven tasks: five panels per row, then a second pair of rows (not one 7-panel-wide strip)."""
+    tasks = ["cb", "copa", "wic", "boolq", "rte_superglue", "wsc_bool", "multirc"]
+    for task in tasks:
+        write_run(tmp_path / "seven", task, [0.5, 0.6], task=task, **PT)
+    for task in tasks[:5]:
+        write_run(tmp_path / "five", task, [0.5, 0.6], task=task, **PT)
+    assert plot_curves.main([str(tmp_path / "seven"), "--out", str(tmp_path / "p7")]) == 0
+    assert plot_curves.main([str(tmp_path / "five"), "--out", str(tmp_path / "p5")]) == 0
+    (w7, h7), (w5, h5) = png_size(tmp_path / "p7/val_curves.png"), png_size(tmp_path / "p5/val_curves.png")
+    assert abs(w7 - w5) < 0.1 * w5 and h7 > 1.8 * h5
