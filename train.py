@@ -468,7 +468,11 @@ def run(args):
             order=order, scaler=scaler, dist=dist)
     except tu.Interrupted as e:
         print(f"train.py: {e} after {stop.name}; the checkpoint is in {save_path}: run the same command again to "
-              f"continue", file=sys.stderr)
+              f"continue", file=sys.stderr, flush=True)
+        # The pair's second signal may land while the interpreter shuts down, which puts Python handlers back to the
+        # default action (death by SIGUSR1, exit -10, and no requeue); ignored signals stay ignored.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         return EXIT_INTERRUPTED
     except tu.NonFiniteLoss as e:
         write_results(state.history, final={"error": str(e)})
@@ -476,8 +480,9 @@ def run(args):
               file=sys.stderr)
         return EXIT_DIVERGED
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not stop:  # after a stop request, a late second signal of the pair must not find the default action
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     # ---- final evaluation with the best state, then save ----
     tu.load_snapshot(wrapper, best)

@@ -195,3 +195,26 @@ def test_sbatch_wrapper_forwards_slurms_signal_and_keeps_exit_75(baseline, tiny_
     assert proc.returncode == 75 and "SIGUSR1 received" in err, err[-2000:]
     assert run(args).returncode == 0
     assert outcome(tmp_path / "wrap") == baseline
+
+
+def test_second_signal_during_shutdown_does_not_kill(tiny_t5_dir, data_dir, tmp_path):
+    """The pair's second signal can land after the checkpoint is written, while Python shuts down (which resets
+    Python-level handlers to the default action): it must not turn exit 75 into death by SIGUSR1 (-10)."""
+    args = train_args(tiny_t5_dir, data_dir, tmp_path, "late")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    state_file = tmp_path / "late" / "train_state.pt"
+    deadline = time.time() + 300
+    while not state_file.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    lines = []
+    for line in proc.stderr:  # wait for the stop message: the run is past its last checkpoint and exiting
+        lines.append(line)
+        if "the checkpoint is in" in line:
+            proc.send_signal(signal.SIGUSR1)
+            break
+    lines += proc.stderr.readlines()
+    proc.wait(timeout=300)
+    assert proc.returncode == 75, "".join(lines)[-2000:]
+    torch.load(state_file, weights_only=True)
