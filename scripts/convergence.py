@@ -46,7 +46,6 @@ def collect(runs, epochs, group_by):
 def summarize(df, epochs, group_by):
     keys = ["method", *group_by]
     per_task = df.groupby([*keys, "task", "column"], sort=False, dropna=False)["value"].mean().reset_index()
-    counts = per_task.groupby(keys, sort=False, dropna=False)["task"].nunique()
     common = set.intersection(*(set(t) for _, t in per_task.groupby(keys, sort=False, dropna=False)["task"]))
     per_task = per_task[per_task["task"].isin(common)]
     wide = (per_task.groupby([*keys, "column"], sort=False, dropna=False)["value"].mean()
@@ -55,7 +54,7 @@ def summarize(df, epochs, group_by):
     wide = wide[[*keys, *columns]]
     wide["tasks"] = len(common)
     wide = wide.sort_values(keys, key=lambda s: s.map(run_dirs.method_rank) if s.name == "method" else s)
-    return wide.reset_index(drop=True), counts
+    return wide.reset_index(drop=True)
 
 
 def to_markdown(wide, group_by):
@@ -90,7 +89,7 @@ def main(argv=None):
     if df.empty:
         print(f"convergence.py: error: no run reached epoch {max(epochs)}: ask for earlier --epochs", file=sys.stderr)
         return EXIT_BAD_INPUT
-    wide, _ = summarize(df, epochs, group_by)
+    wide = summarize(df, epochs, group_by)
     print(to_markdown(wide, group_by))
     print(f"\nvalidation score x 100 after each epoch, mean over seeds then over the {int(wide['tasks'].iloc[0])} "
           f"task(s) every row has; best epoch: mean 1-based epoch of the best validation score")

@@ -88,14 +88,19 @@ def test_sigterm_checkpoints_exits_75_and_resumes_identically(baseline, tiny_t5_
     assert outcome(tmp_path / "term") == baseline
 
 
+def start_until_checkpoint(cmd, run_dir, env=ENV, stdout=subprocess.PIPE):
+    """Popen ``cmd`` (text pipes) and return it once ``run_dir``/train_state.pt exists (or the process ended)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run_dir / "train_state.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
 def signal_twice(args, tmp_path, name, first, second):
     """Start a run, wait for its first checkpoint, send two signals 10 ms apart; returns (exit code, stderr)."""
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
     state_file = tmp_path / name / "train_state.pt"
-    deadline = time.time() + 300
-    while not state_file.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    proc = start_until_checkpoint([sys.executable, "train.py", *args], tmp_path / name)
     proc.send_signal(first)
     time.sleep(0.01)
     proc.send_signal(second)
@@ -183,13 +188,8 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
 def test_sbatch_wrapper_forwards_slurms_signal_and_keeps_exit_75(baseline, tiny_t5_dir, data_dir, tmp_path):
     """scripts/requeue_on_signal.sh as an sbatch script runs it: SIGUSR1 to the wrapper reaches train.py."""
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "wrap")
-    proc = subprocess.Popen(["bash", "scripts/requeue_on_signal.sh", sys.executable, "train.py", *args], cwd=ROOT,
-                            env={k: v for k, v in ENV.items() if not k.startswith("SLURM")}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    state_file = tmp_path / "wrap" / "train_state.pt"
-    deadline = time.time() + 300
-    while not state_file.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    proc = start_until_checkpoint(["bash", "scripts/requeue_on_signal.sh", sys.executable, "train.py", *args],
+                                  tmp_path / "wrap", env={k: v for k, v in ENV.items() if not k.startswith("SLURM")})
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75 and "SIGUSR1 received" in err, err[-2000:]
@@ -201,12 +201,7 @@ def test_second_signal_during_shutdown_does_not_kill(tiny_t5_dir, data_dir, tmp_
     """The pair's second signal can land after the checkpoint is written, while Python shuts down (which resets
     Python-level handlers to the default action): it must not turn exit 75 into death by SIGUSR1 (-10)."""
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "late")
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    state_file = tmp_path / "late" / "train_state.pt"
-    deadline = time.time() + 300
-    while not state_file.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    proc = start_until_checkpoint([sys.executable, "train.py", *args], tmp_path / "late", stdout=subprocess.DEVNULL)
     proc.send_signal(signal.SIGTERM)
     lines = []
     for line in proc.stderr:  # wait for the stop message: the run is past its last checkpoint and exiting
@@ -217,4 +212,4 @@ def test_second_signal_during_shutdown_does_not_kill(tiny_t5_dir, data_dir, tmp_
     lines += proc.stderr.readlines()
     proc.wait(timeout=300)
     assert proc.returncode == 75, "".join(lines)[-2000:]
-    torch.load(state_file, weights_only=True)
+    torch.load(tmp_path / "late" / "train_state.pt", weights_only=True)
