@@ -1,4 +1,4 @@
-"""Tasks, data loading, text-to-text formatting, tokenization and metrics (ground floor: imports nothing of ours).
+"""Tasks, data loading, text-to-text formatting, tokenization and metrics (ground floor: imports only errors.py).
 
 Everything here reproduces the original implementation (github arazd/ResidualPrompts, commit 53087ca:
 ``t5_dataset.py`` and ``prompt_tuner2.py``); the golden files in ``shared/golden`` were recorded by running it and
@@ -6,12 +6,20 @@ Everything here reproduces the original implementation (github arazd/ResidualPro
 
 Flow: ``get_task(name)`` -> ``build_splits(task, ...)`` (rows in Hugging Face format, in served order)
 -> ``format_example(task, row)`` -> ``encode_batch(tokenizer, texts, max_length)`` (unpadded ids) ... the model
-generates ... -> ``evaluate(task, decoded, targets, groups)``.
+generates ... -> ``evaluate(task, decoded, targets, groups)``. ``data_fingerprint(splits)`` identifies the rows a
+run uses (recorded with its results, compared on resume).
+
+Every row ``load_split`` returns, from an official file or from the Hub, has passed ``_check_row``: each field the
+task's formatter reads has the type the official files give it (text a str, WiC/WSC offsets an int, ReCoRD
+entities/answers lists of str) and the label is a valid class id (a float score for stsb). A file that is not
+UTF-8 is refused with its line and byte (``_utf8_error``).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import math
 import os
 import re
 import string
@@ -21,8 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class DataError(ValueError):
-    """A user-facing problem with data or task choice; ``str(e)`` is one line naming the problem and the fix."""
+from errors import DataError  # noqa: F401  (raised here, caught by train.py)
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,11 @@ FORMATTERS = {"fields": _fields, "sentence": _sentence, "stsb": _stsb, "record":
 
 def format_example(task: Task, row: dict) -> tuple[str, str]:
     """(source_text, target_text) exactly as the original passed them to the tokenizer; both end in " </s>"."""
-    source, target = FORMATTERS[task.formatter](task, row)
+    try:
+        source, target = FORMATTERS[task.formatter](task, row)
+    except KeyError as e:  # rows from load_split have every field; this names the one a foreign row lacks
+        raise DataError(f"{task.name} row idx {row.get('idx')}: missing field {e.args[0]!r}; "
+                        f"its fields are {sorted(row)}") from None
     return source.strip() + " </s>", target + " </s>"
 
 
@@ -142,15 +153,43 @@ def encode_batch(tokenizer, texts: list[str], max_length: int) -> list[list[int]
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def _found(value):
+    """A value's type and (short) repr for an error message: "null", "bool True", "list ['a', 'b']"."""
+    if value is None:
+        return "null (None)"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _bool_labels(task):
+    """The official files write this task's labels as JSON booleans (boolq, multirc, wic, wsc)."""
+    return task.label_names == _TF
+
+
 def _label_id(task, raw, where):
-    """HF class id of a label as the official files write it (string, boolean, 0/1, "0"/"1")."""
+    """HF class id of a label as the official files write it (string, 0/1, "0"/"1"; a JSON boolean only where the
+    official files use booleans); stsb: the score, a real number (or its string), as float32 like the GLUE script."""
     if not task.label_names:  # stsb: the GLUE script stores the score as float32
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise DataError(f"{where}: field 'label' (the score) is {_found(raw)}, expected a real number "
+                            f"(or its string); write it as the official file does")
         try:
-            return float(np.float32(raw))
+            with np.errstate(over="ignore"):
+                score = float(np.float32(raw))
         except (TypeError, ValueError):
             raise DataError(f"{where}: score {raw!r} is not a number") from None
+        if not math.isfinite(score):
+            raise DataError(f"{where}: score {raw!r} is not a finite float32 number; expected a real number")
+        return score
     if isinstance(raw, bool):
+        if not _bool_labels(task):  # a CB `true` is not "class 1": refused, not guessed
+            raise DataError(f"{where}: field 'label' is {_found(raw)}, expected one of {list(task.label_names)} "
+                            f"(or an id 0..{len(task.label_names) - 1}): {task.name} labels are not booleans, "
+                            f"write them as the official file does")
         raw = int(raw)
+    elif not isinstance(raw, (str, int)):
+        raise DataError(f"{where}: field 'label' is {_found(raw)}, expected one of {list(task.label_names)} "
+                        f"(or an id 0..{len(task.label_names) - 1}); write it as the official file does")
     elif isinstance(raw, str) and raw in task.label_names:
         return task.label_names.index(raw)
     elif isinstance(raw, str) and re.fullmatch(r"-?\d+", raw.strip()):
@@ -159,6 +198,77 @@ def _label_id(task, raw, where):
         return raw
     raise DataError(f"{where}: label {raw!r} is outside the {task.name} label set "
                     f"{list(task.label_names)} (or ids 0..{len(task.label_names) - 1})")
+
+
+# The one validation layer: every row load_split returns passes _check_row, whether it came from an official file
+# (each reader calls it per row, naming file and line) or from the Hub (named by split and position).
+_INT_FIELDS = frozenset(("start1", "end1", "start2", "end2",  # wic: character offsets of the word
+                         "span1_index", "span2_index"))       # wsc: word indices into the text
+_STR_LIST_FIELDS = frozenset(("entities", "answers"))         # record
+
+
+def _read_fields(task):
+    """The row fields the task's formatter reads (ReCoRD's target is its answers)."""
+    return task.keys + ("answers",) if task.formatter == "record" else task.keys
+
+
+def _type_ok(field, value):
+    if field in _INT_FIELDS:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if field in _STR_LIST_FIELDS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, str)
+
+
+def _expected(field):
+    if field in _INT_FIELDS:
+        return "a non-negative integer"
+    return "a list of strings" if field in _STR_LIST_FIELDS else "a string"
+
+
+def _check_value(task, field, value, where, idx):
+    if not _type_ok(field, value):
+        raise DataError(f"{where}: field {field!r} of {task.name} row idx {idx} is {_found(value)}, expected "
+                        f"{_expected(field)}; correct that row or use the official "
+                        f"{BENCHMARKS[task.benchmark][0]} file")
+
+
+def _check_row(task, row, where):
+    """Refuse a row whose fields or label the formatter would silently mistreat (None -> "None", a list -> its
+    repr, a string index -> a crash): every field it reads must have the official type (see _type_ok), the
+    label a valid class id (an int, never a bool) or, for stsb, a finite float. Fields absent from the row are the
+    readers' concern (``_need``, the tsv header check) and format_example's (a Hub row). Returns the row."""
+    idx = row.get("idx")
+    for field in _read_fields(task):
+        if field in row:
+            _check_value(task, field, row[field], where, idx)
+    if task.formatter == "record":  # no label: the target is the answers
+        return row
+    label = row.get("label")
+    if task.label_names:
+        ok = isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(task.label_names)
+        expected = f"a class id 0..{len(task.label_names) - 1}"
+    else:
+        ok = isinstance(label, (int, float)) and not isinstance(label, bool) and math.isfinite(label)
+        expected = "a real number"
+    if not ok:
+        raise DataError(f"{where}: field 'label' of {task.name} row idx {idx} is {_found(label)}, expected "
+                        f"{expected}; correct that row or use the official {BENCHMARKS[task.benchmark][0]} file")
+    return row
+
+
+def _utf8_error(path):
+    """DataError naming the line and byte of the first invalid UTF-8 sequence in ``path``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        return DataError(f"{path} line {line}: invalid UTF-8 at byte {col} of the line (byte offset {e.start} of "
+                         f"the file: {data[e.start:e.end]!r}, {e.reason}); re-download the file or save it as UTF-8")
+    return DataError(f"{path}: invalid UTF-8 (the file changed while it was read); re-download it")
 
 
 def _read_tsv(task, path):
@@ -178,9 +288,10 @@ def _read_tsv(task, path):
             if None in row.values() or rec[task.label_column] is None:
                 # A short line: the GLUE script (hence the Hub copy the original loaded) skips it; so do we.
                 continue
+            where = f"{path} line {reader.line_num}"
             row["idx"] = n
-            row["label"] = _label_id(task, rec[task.label_column], f"{path} line {reader.line_num}")
-            rows.append(row)
+            row["label"] = _label_id(task, rec[task.label_column], where)
+            rows.append(_check_row(task, row, where))
     return rows
 
 
@@ -195,10 +306,18 @@ def _jsonl(path):
                 raise DataError(f"malformed JSON in {path} line {n}: {e.msg} (column {e.colno})") from None
 
 
-def _need(obj, key, where):
+def _need(obj, key, where, kind=None):
+    """obj[key], refused with a DataError when obj is not an object, lacks key, or (kind given) holds another type."""
     if not isinstance(obj, dict) or key not in obj:
         raise DataError(f"{where}: missing field {key!r}; is this the official SuperGLUE file?")
-    return obj[key]
+    value = obj[key]
+    if kind is not None and not (isinstance(value, kind) and not isinstance(value, bool)):
+        raise DataError(f"{where}: field {key!r} is {_found(value)}, expected {_KIND_NAMES[kind]}; "
+                        f"is this the official SuperGLUE file?")
+    return value
+
+
+_KIND_NAMES = {list: "a list", dict: "an object", str: "a string", int: "an integer"}
 
 
 def _read_jsonl(task, path):
@@ -210,7 +329,7 @@ def _read_jsonl(task, path):
             obj = {**obj, **obj["target"]}
         row = {k: _need(obj, k, where) for k in task.keys + ("idx",)}
         row["label"] = _label_id(task, _need(obj, "label", where), where)
-        rows.append(row)
+        rows.append(_check_row(task, row, where))
     return rows
 
 
@@ -218,30 +337,44 @@ def _read_multirc(task, path):
     rows = []  # one row per answer option, as HF's super_glue script flattened passage -> questions -> answers
     for n, obj in _jsonl(path):
         where = f"{path} line {n}"
-        passage = _need(obj, "passage", where)
-        for q in _need(passage, "questions", where):
-            for a in _need(q, "answers", where):
-                rows.append({"paragraph": _need(passage, "text", where), "question": _need(q, "question", where),
-                             "answer": _need(a, "text", where),
-                             "idx": {"paragraph": obj.get("idx"), "question": q.get("idx"), "answer": a.get("idx")},
-                             "label": _label_id(task, _need(a, "label", where), where)})
+        passage = _need(obj, "passage", where, dict)
+        for q in _need(passage, "questions", where, list):
+            for a in _need(q, "answers", where, list):
+                row = {"paragraph": _need(passage, "text", where), "question": _need(q, "question", where),
+                       "answer": _need(a, "text", where),
+                       "idx": {"paragraph": obj.get("idx"), "question": q.get("idx"), "answer": a.get("idx")},
+                       "label": _label_id(task, _need(a, "label", where), where)}
+                rows.append(_check_row(task, row, where))
     return rows
+
+
+def _entity_span(entity, text, where):
+    """(start, end) of a ReCoRD entity, both inclusive character offsets into the passage text."""
+    start, end = _need(entity, "start", where, int), _need(entity, "end", where, int)
+    if not 0 <= start <= end or start >= len(text):
+        raise DataError(f"{where}: span start {start} end {end} is outside the passage text of {len(text)} "
+                        f"characters; is this the official SuperGLUE file?")
+    return start, end
 
 
 def _read_record(task, path):
     rows = []  # one row per query, with HF's fields passage/query/entities/answers
     for n, obj in _jsonl(path):
         where = f"{path} line {n}"
-        passage = _need(obj, "passage", where)
-        text = _need(passage, "text", where)
-        spans = sorted(_need(passage, "entities", where), key=lambda e: e["start"])
+        passage = _need(obj, "passage", where, dict)
+        text = _need(passage, "text", f"{where} passage", str)
+        spans = [_entity_span(e, text, f"{where} passage entity {i}")
+                 for i, e in enumerate(_need(passage, "entities", where, list))]
         # differs from original: HF's script returned the entities as a python set (order varied with the hash
         # seed); we keep first-appearance order so that the source text is reproducible.
-        entities = list(dict.fromkeys(text[e["start"]:e["end"] + 1] for e in spans))
-        for qa in _need(obj, "qas", where):
-            rows.append({"passage": text, "query": _need(qa, "query", where), "entities": entities,
-                         "answers": sorted({a["text"] for a in qa.get("answers", [])}),
-                         "idx": {"passage": obj.get("idx"), "query": qa.get("idx")}})
+        entities = list(dict.fromkeys(text[s:e + 1] for s, e in sorted(spans, key=lambda span: span[0])))
+        for j, qa in enumerate(_need(obj, "qas", where, list)):
+            at = f"{where} qas {j}"
+            answers = [_need(a, "text", f"{at} answer {i}", str) for i, a in enumerate(
+                _need(qa, "answers", at, list) if isinstance(qa, dict) and "answers" in qa else [])]
+            row = {"passage": text, "query": _need(qa, "query", at), "entities": entities,
+                   "answers": sorted(set(answers)), "idx": {"passage": obj.get("idx"), "query": qa.get("idx")}}
+            rows.append(_check_row(task, row, at))
     return rows
 
 
@@ -273,17 +406,23 @@ def _load_hub(task, split):
         raise DataError(f"cannot load {'/'.join(task.hub)} split {hub_split} from the Hugging Face Hub "
                         f"({type(e).__name__}: {msg}): check the connection or pass --data_dir") from None
     rename = dict(task.hub_rename)
-    return [{rename.get(k, k): v for k, v in row.items()} for row in ds.to_list()]
+    where = f"{'/'.join(task.hub)} split {hub_split} (Hugging Face Hub) row"
+    return [_check_row(task, {rename.get(k, k): v for k, v in row.items()}, f"{where} {i}")
+            for i, row in enumerate(ds.to_list())]
 
 
 def load_split(task: Task, split: str, data_dir: str | None = None) -> list[dict]:
-    """Rows of "train" or "validation" in Hugging Face format (integer class ids, stsb float32 score as float)."""
+    """Rows of "train" or "validation" in Hugging Face format (integer class ids, stsb float32 score as float),
+    each checked by ``_check_row`` whatever its source; a file that is not valid UTF-8 raises DataError."""
     if split not in ("train", "validation"):
         raise DataError(f"unknown split {split!r}: valid splits are train, validation")
     if data_dir is None:
         return _load_hub(task, split)
     path = _local_path(task, split, data_dir)
-    rows = READERS[task.reader](task, path)
+    try:
+        rows = READERS[task.reader](task, path)
+    except UnicodeDecodeError:  # raised by the text-mode file: a one-line error with the line and byte instead
+        raise _utf8_error(path) from None
     if not rows:
         raise DataError(f"empty data file {path}: it holds no {task.name} rows; re-download it")
     return rows
@@ -375,6 +514,34 @@ def build_splits(task: Task, data_dir=None, select_k_per_class=-1, get_test_subs
         out[f"{part}_groups"] = question_groups(rows) if (val_ordered and rows is not None) else None
         out[f"{part}_official_groups"] = official_question_groups(rows) if (task.grouped and rows is not None) else None
     return out
+
+
+def _json_default(value):  # numpy scalars from a custom loader hash as the Python numbers they equal
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"a row holds {type(value).__name__} {value!r}, which data_fingerprint cannot hash")
+
+
+def data_fingerprint(splits: dict) -> str:
+    """A stable sha256 hex digest of the rows a run actually uses, to refuse a resume against other data.
+
+    ``splits`` is ``build_splits``' dict. Covered: for "train", "val" and "test" (a missing or None part is
+    recorded as absent, so a run with a test subset differs from one without), the number of rows and every row in
+    served order, each as ``json.dumps(row, sort_keys=True)``: its ids (idx), input texts and label. It therefore
+    changes with the data files' content, the task's fields, and the selection: select_k_per_class, data_seed,
+    get_test_subset, limit_val_set, WSC's label filter. The question-group lists are not hashed on their own: they
+    follow from the rows and their order. Not covered: the tokenizer, sequence lengths, or any row field a
+    formatter ignores beyond what the row dict holds (everything it holds is hashed). Independent of the hash seed,
+    the platform and the path of the data folder.
+    """
+    h = hashlib.sha256(b"data_fingerprint v1\n")
+    for part in ("train", "val", "test"):
+        rows = splits.get(part)
+        h.update(f"{part} {'absent' if rows is None else len(rows)}\n".encode())
+        for row in rows or ():
+            h.update(json.dumps(row, sort_keys=True, separators=(",", ":"), default=_json_default).encode())
+            h.update(b"\n")
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -20,6 +20,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from errors import ConfigError
+
 
 class Dist:
     """This process's place in the job: rank, world size, and the few collectives the trainer needs."""
@@ -37,6 +39,8 @@ class Dist:
 
     def shard(self, batch):
         """This rank's contiguous slice of a global batch (possibly empty for a short last batch)."""
+        if not self.enabled:
+            return batch
         n = batch["source_ids"].shape[0]
         per = -(-n // self.world)
         lo, hi = min(self.rank * per, n), min((self.rank + 1) * per, n)
@@ -45,6 +49,8 @@ class Dist:
     def all_reduce_grads(self, params):
         """Sum the gradients of replicated parameters over the ranks (missing ones count as zero)."""
         params = [p for p in params if p.requires_grad]
+        if not self.enabled or not params:
+            return
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -85,12 +91,38 @@ class Dist:
 SINGLE = Dist()
 
 
+def world_size() -> int:
+    """WORLD_SIZE (torchrun's), checked: 1 when unset."""
+    value = os.environ.get("WORLD_SIZE") or "1"
+    try:
+        return max(int(value), 1)
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE={value!r} is not a number; launch with torchrun --nproc_per_node N, or unset "
+                          f"WORLD_SIZE for one process") from None
+
+
+def world_from_environment() -> tuple[int, int, int]:
+    """(world size, rank, local rank) from torchrun's variables, checked: the one place they are read."""
+    env = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    try:
+        world = int(env["WORLD_SIZE"] or "1")
+        if world <= 1:
+            return 1, 0, 0
+        rank, local_rank = int(env["RANK"]), int(env["LOCAL_RANK"] or "0")
+    except (TypeError, ValueError):
+        raise ConfigError(f"WORLD_SIZE={env['WORLD_SIZE']!r} RANK={env['RANK']!r} LOCAL_RANK={env['LOCAL_RANK']!r}: "
+                          f"not a valid torchrun environment; launch with torchrun --nproc_per_node N, or unset "
+                          f"WORLD_SIZE for one process") from None
+    if not 0 <= rank < world or local_rank < 0:
+        raise ConfigError(f"RANK={rank} LOCAL_RANK={local_rank} outside WORLD_SIZE={world}: launch with torchrun")
+    return world, rank, local_rank
+
+
 def from_environment(device_name: str):
     """Set up the process group when launched by torchrun (WORLD_SIZE > 1); returns (Dist, device name to use)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world, rank, local_rank = world_from_environment()
     if world <= 1:
         return SINGLE, device_name
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)

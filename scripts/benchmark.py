@@ -39,7 +39,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import data_utils  # noqa: E402
+import models  # noqa: E402
 import train_utils as tu  # noqa: E402
+from prompts import SoftPrompt, init_prompt  # noqa: E402
 from res_mlp import build_reparam  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -97,8 +99,8 @@ def sync(device):
 def load_data(task_name, tokenizer, n_train, n_eval, data_dir):
     task = data_utils.get_task(task_name)
     splits = data_utils.build_splits(task, data_dir)
-    train = tu.encode_split(task, splits["train"][:n_train], tokenizer, 512)
-    val = tu.encode_split(task, splits["val"][:n_eval], tokenizer, 512)
+    train = models.PromptT5.encode_split(task, splits["train"][:n_train], tokenizer, 512)
+    val = models.PromptT5.encode_split(task, splits["val"][:n_eval], tokenizer, 512)
     return task, train, val
 
 
@@ -107,9 +109,9 @@ def run_ours(name, model, tokenizer, task, train, val, steps, device, seed=0):
     original = name == "original"
     torch.manual_seed(seed)
     hidden = model.get_input_embeddings().weight.shape[1]
-    prompt, _ = tu.init_prompt("vocab", model.get_input_embeddings().weight, 10, seed)
-    wrapper = tu.PromptT5(model, prompt, build_reparam("MLP1", hidden, 10), 512,
-                          "bf16" if name == "ours_bf16" else "fp32").to(device)
+    prompt, _ = init_prompt("vocab", model.get_input_embeddings().weight, 10, seed)
+    wrapper = models.PromptT5(model, tokenizer, SoftPrompt(prompt, build_reparam("MLP1", hidden, 10)), 512,
+                              "bf16" if name == "ours_bf16" else "fp32").to(device)
     optimizer = tu.build_optimizer("legacy_adamw", wrapper, lr=0.3)
     pad_to = 512 if original else None
     order = tu.length_grouped_order(train, 8, 0) if name == "ours_grouped" else None
@@ -131,7 +133,7 @@ def run_ours(name, model, tokenizer, task, train, val, steps, device, seed=0):
         sync(device)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tu.evaluate(wrapper, val, task, tokenizer, 8 if original else 32, device, pad_to, loss_batch_size=8)
+        tu.evaluate(wrapper, val, task, batch_size=8 if original else 32, pad_to=pad_to, loss_batch_size=8)
         sync(device)
         eval_s = time.perf_counter() - t0
     n_train = sum(b["source_ids"].shape[0] for b in batches[1:])

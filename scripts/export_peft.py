@@ -22,8 +22,15 @@ longer than seq_len - P loses its last tokens; PEFT cuts nothing. Greedy decodin
 
 The base model: --base_model, else the run's model/ folder when the run also trained model weights
 (--freeze_except; --freeze_weights 0), else args.json's model_name. It becomes the adapter's
-base_model_name_or_path. Refused: a full fine-tuning run (no prompt), an unfinished run, a non-empty OUT_DIR.
-Exit codes: 0 done, 2 bad input (one line on stderr).
+base_model_name_or_path: a local folder as an absolute path (a relative model_name of args.json is looked up from
+the current folder, then from the project root, where train.py and the sweeps run), so that the adapter loads from
+any folder (AutoPeftModelForSeq2SeqLM.from_pretrained(OUT_DIR)); a Hub name stays a name.
+
+OUT_DIR/README.md is a model card written here (replacing PEFT's template): task, method, prompt length, the
+run's validation and test-subset scores (results.json), the train.py command that made it (from args.json), and
+how to load and feed the adapter. Refused: a full fine-tuning run (no prompt), a BERT-style encoder run (its
+prompt feeds an encoder and a classification head, which PEFT's prompt tuning adapters do not hold), an unfinished
+run, a non-empty OUT_DIR. Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
 
@@ -58,14 +65,18 @@ def build_parser():
 
 def read_run(run_dir):
     """-> (args, projected prompt [P, H] float32 tensor). Refuses what has no prompt or is unfinished."""
-    paths = {f: os.path.join(run_dir, f) for f in ("args.json", "results.json", "checkpoint.pt", "prompt.npy")}
-    if not (os.path.isfile(paths["args.json"]) and os.path.isfile(paths["results.json"])):
+    import run_folder as rf
+
+    paths = {f: os.path.join(run_dir, f) for f in (rf.ARGS, rf.RESULTS, rf.CHECKPOINT, rf.PROMPT)}
+    if not (os.path.isfile(paths[rf.ARGS]) and os.path.isfile(paths[rf.RESULTS])):
         raise ExportError(f"{run_dir} is not a run folder (no args.json and results.json); give save_dir/save_name "
                           f"of a train.py run")
-    with open(paths["args.json"]) as f:
-        args = json.load(f)
-    with open(paths["results.json"]) as f:
-        results = json.load(f)
+    args, results = rf.read_json(paths[rf.ARGS]), rf.read_json(paths[rf.RESULTS])
+    if not args or not results:
+        raise ExportError(f"{run_dir}: args.json or results.json is not a run's JSON object; rerun train.py")
+    if (results.get("trainable_params") or {}).get("head"):
+        raise ExportError(f"{run_dir} is a BERT-style encoder run (a classification head on [CLS]); PEFT's prompt "
+                          f"tuning adapters here are for T5 runs only: use its checkpoint.pt and prompt.npy")
     if int(args.get("prefix_len", 0)) == 0:
         model_dir = os.path.join(run_dir, "model")
         raise ExportError(f"{run_dir} is a full fine-tuning run (--prefix_len 0): it has no prompt to export; its "
@@ -77,10 +88,10 @@ def read_run(run_dir):
     import torch
 
     prompt = None
-    if os.path.isfile(paths["checkpoint.pt"]):
-        prompt = torch.load(paths["checkpoint.pt"], map_location="cpu", weights_only=True)["projected_prompt"]
-    if os.path.isfile(paths["prompt.npy"]):
-        npy = torch.from_numpy(np.load(paths["prompt.npy"], allow_pickle=False))
+    if os.path.isfile(paths[rf.CHECKPOINT]):
+        prompt = torch.load(paths[rf.CHECKPOINT], map_location="cpu", weights_only=True)["projected_prompt"]
+    if os.path.isfile(paths[rf.PROMPT]):
+        npy = torch.from_numpy(np.load(paths[rf.PROMPT], allow_pickle=False))
         if prompt is not None and not torch.equal(prompt.float(), npy.float()):
             raise ExportError(f"{run_dir}: checkpoint.pt's projected_prompt and prompt.npy differ; the folder mixes "
                               f"two runs: retrain it")
@@ -101,16 +112,42 @@ def check_out_dir(out_dir):
         raise ExportError(f"OUT_DIR {out_dir} is not empty; give a new or empty folder (nothing is overwritten)")
 
 
+def resolve_base(name, search=(".", ROOT)):
+    """A local model folder as an absolute path (a relative one looked up in ``search`` in turn: the current folder,
+    then the project root); anything else is a Hub name and stays as it is."""
+    if os.path.isabs(name):
+        return name
+    for base in search:
+        path = os.path.join(base, name)
+        if os.path.isdir(path):
+            return os.path.abspath(path)
+    return name
+
+
+def _first(e):
+    return (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:200]
+
+
 def load_base(name):
-    from transformers import T5ForConditionalGeneration
+    from transformers import AutoConfig, T5ForConditionalGeneration
     from transformers.utils import logging as hf_logging
+
+    import models
 
     hf_logging.disable_progress_bar()
     try:
-        return T5ForConditionalGeneration.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name)
     except Exception as e:  # any failure here is a problem with the model named
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"cannot load the base model {name!r} ({first[:200]}); pass --base_model with a local T5 "
+        raise ExportError(f"cannot load the base model {name!r} ({_first(e)}); pass --base_model with a local T5 "
+                          f"folder or a reachable Hub name") from None
+    if models.is_encoder_only(config) or config.model_type not in ("t5", "mt5"):
+        kind = "a BERT-style encoder" if models.is_encoder_only(config) else f"a {config.model_type!r} model"
+        raise ExportError(f"the base model {name!r} is {kind}; PEFT prompt tuning adapters are written for T5 runs "
+                          f"only (an encoder run's prompt is in its checkpoint.pt and prompt.npy)")
+    try:
+        return T5ForConditionalGeneration.from_pretrained(name)
+    except Exception as e:
+        raise ExportError(f"cannot load the base model {name!r} ({_first(e)}); pass --base_model with a local T5 "
                           f"folder or a reachable Hub name") from None
 
 
@@ -125,6 +162,9 @@ def export(run_dir, out_dir, base_model=None):
     if base_model is None:
         trained = os.path.join(run_dir, "model")
         base_model = trained if os.path.isdir(trained) else args["model_name"]
+        base_model = resolve_base(base_model)
+    else:
+        base_model = resolve_base(base_model, search=("."))  # a path given here is relative to the current folder
     model = load_base(base_model)
     n_tokens, width = prompt.shape
     if width != model.config.d_model:
@@ -150,7 +190,9 @@ def export(run_dir, out_dir, base_model=None):
         loaded = PeftConfig.from_pretrained(tmp)
         if (loaded.num_virtual_tokens, loaded.token_dim, loaded.num_transformer_submodules) != (n_tokens, width, 1):
             raise RuntimeError(f"PEFT wrote a config for {loaded.num_virtual_tokens} x {loaded.token_dim} tokens")
-        _append_usage(os.path.join(tmp, "README.md"), run_dir, args, n_tokens, width, base_model)
+        card = model_card(run_dir, args, n_tokens, width, base_model, os.path.basename(os.path.abspath(out_dir)))
+        with open(os.path.join(tmp, "README.md"), "w") as f:  # replaces PEFT's template
+            f.write(card)
         umask = os.umask(0)
         os.umask(umask)
         for name in os.listdir(tmp):  # mkdtemp makes 0700 (and safetensors 0600): give the modes mkdir/open give
@@ -165,24 +207,165 @@ def export(run_dir, out_dir, base_model=None):
     return loaded, base_model
 
 
-def _append_usage(readme, run_dir, args, n_tokens, width, base_model):
+def train_command(args):
+    """The train.py command of a run: the flags whose value is not the default, as few as give back the same
+    resolved arguments (args.json records what train.py resolved, e.g. prompt_init vocab, eval_batch_size 32)."""
+    import contextlib
+    import io
+    import shlex
+
+    import arguments
+    from errors import ConfigError
+
+    parser = arguments.build_parser()
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"}
+    skip = {"progress", "overwrite", "resume"}  # how the run went, not what it computed
+
+    def text(v):
+        return f"{v:g}" if isinstance(v, float) and float(f"{v:g}") == v else str(v)
+
+    def argv(keys):
+        out = []
+        for k in keys:
+            out += [flags[k], text(args[k])]
+        return out
+
+    def resolved(keys):
+        try:  # quietly: the parser prints its refusals, check_args its notes
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                parsed = parser.parse_args(argv(keys))
+                arguments.check_args(parsed)
+        except (SystemExit, ConfigError, ValueError, TypeError, KeyError):  # a run this train.py cannot redo
+            return None
+        return {k: getattr(parsed, k) for k in target}
+
+    target = {k: args[k] for k in flags if k in args and k not in skip}  # flags newer than the run: not compared
+    keys = [k for k in flags if k in args and k not in skip and args[k] is not None
+            and (args[k] != parser.get_default(k) or k in ("task", "save_name", "model_name"))]
+    if resolved(keys) == target:  # drop what train.py would resolve by itself
+        for k in list(keys):
+            if k not in ("task", "save_name", "save_dir", "model_name", "data_dir"):
+                fewer = [x for x in keys if x != k]
+                if resolved(fewer) == target:
+                    keys = fewer
+    chunks = [shlex.join(argv([k])) for k in keys]  # one flag and its value each, wrapped at ~100 characters
+    lines, line = [], "python train.py"
+    for chunk in chunks:
+        if len(line) + 1 + len(chunk) > 100:
+            lines.append(line + " \\")
+            line = "    " + chunk
+        else:
+            line += " " + chunk
+    return "\n".join(lines + [line])
+
+
+def _pct(v):
+    return "–" if v is None else f"{100 * float(v):.1f}"
+
+
+def _metrics(d):
+    return ", ".join(f"{k} {100 * float(v):.1f}" for k, v in (d or {}).items() if v is not None) or "–"
+
+
+def model_card(run_dir, args, n_tokens, width, base_model, folder_name):
+    """README.md of the adapter: what it is, its scores, how it was trained, how to use it."""
     import data_utils
+    import run_folder as rf
 
+    results = rf.read_json(os.path.join(run_dir, rf.RESULTS))
     task = data_utils.get_task(args["task"])
+    method = rf.method_label(args)
     keep = int(args["seq_len"]) - n_tokens
-    text = f"""
-## Residual Prompt Tuning export
+    hub = not os.path.isabs(base_model)
+    n = results.get("n_examples") or {}
+    best_epoch = results.get("best_epoch")
+    best = next((e for e in results.get("validation", []) if e.get("epoch") == best_epoch), {})
+    rows = [f"| validation, best epoch {best_epoch} ({n.get('validation', '?')} rows) | "
+            f"{_pct(results.get('best_val_score'))} | {_metrics(best.get('official'))} |"]
+    test = results.get("test")
+    if test:
+        rows.append(f"| test subset, best state ({n.get('test', '?')} rows) | {_pct(test.get('score'))} | "
+                    f"{_metrics(test.get('official'))} |")
+    split_note = ("the validation split was cut in two (`--get_test_subset 1`): one half chose the best epoch, the "
+                  "other (test subset) scores it" if test else "the best epoch was chosen on these same validation "
+                  "rows (`--get_test_subset 0`), so the score is optimistic")
+    dataset = "/".join(task.hub)
+    reparam = args.get("prefix_MLP")
+    reparam_text = ("none (plain prompt tuning)" if reparam == "None" else
+                    f"`{reparam}`" + (f", bottleneck {args.get('bottleneck_size')}" if reparam in ("MLP1", "MLP2")
+                                      else "") + (", with" if int(args.get("residual", 1)) else ", without")
+                    + " the skip connection")
+    if task.formatter in ("fields", "stsb"):
+        text = "".join(f"{k}: ... " for k in task.keys).strip()
+    elif task.formatter == "sentence":
+        text = "..."
+    elif task.formatter == "record":
+        text = "passage : ... query: ... entities: A; B; C"
+    else:  # wsc: the text with the pronoun starred
+        text = "... *he* ..."
+    answers = (", ".join(f"`{w}`" for w in task.label_words) if task.label_words else
+               "a number" if task.formatter == "stsb" else "an entity" if task.formatter == "record" else "a word")
+    front = ["---", "library_name: peft", *([f"base_model: {base_model}"] if hub else []),
+             "pipeline_tag: text2text-generation", f"datasets:\n- {task.hub[0]}",
+             "tags:\n- prompt-tuning\n- residual-prompt-tuning\n- t5", "---", ""]
+    base_note = ("" if hub else f"\n`{base_model}` is a local folder of the machine that exported the adapter: "
+                 f"elsewhere, load your copy of that model and pass it as `base` below.\n")
+    return "\n".join(front) + f"""
+# {method} soft prompt for `{task.name}`
 
-Exported by `scripts/export_peft.py` from the run `{os.path.abspath(run_dir)}` (task `{task.name}`,
-`--prefix_MLP {args.get("prefix_MLP")}`, `--residual {args.get("residual")}`, seed {args.get("seed")}): the best
-projected prompt, {n_tokens} x {width}, prepended to the encoder input of `{base_model}`.
+A soft prompt of {n_tokens} tokens x {width} for the frozen T5 model `{base_model}`, trained with
+{method} ([Residual Prompt Tuning](https://arxiv.org/abs/2305.03937), Razdaibiedina et al., Findings of ACL 2023)
+on the {data_utils.BENCHMARKS[task.benchmark][0]} task `{task.name}` (Hub `{dataset}`), stored as a PEFT prompt tuning
+adapter (`PROMPT_TUNING`, `SEQ_2_SEQ_LM`, prepended to the encoder input only). It holds the best projected prompt
+φ(x); the reparameterization used in training is not needed at inference.
+{base_note}
+## Scores
 
-To reproduce the run's numbers: input text as `data_utils.format_example` writes it for `{task.name}`, tokenized
-with exactly one `</s>` (`data_utils.encode_batch`), cut to seq_len - P = {args["seq_len"]} - {n_tokens} = {keep}
-tokens (training cut [prompt; input] to {args["seq_len"]}); greedy decoding of {task.target_len - 1} new tokens.
+Score x 100; the score is the task's early-stopping score (the mean of its metrics where it has two); {split_note}.
+
+| split | score | metrics |
+|---|---|---|
+""" + "\n".join(rows) + f"""
+
+## Training
+
+- method: {method}; prompt length {n_tokens}
+- reparameterization: {reparam_text}
+- learning rate {args.get('lr')}, batch size {args.get('batch_size')}, epochs {args.get('num_epochs')}, seed {args.get('seed')}
+- input length (prompt included): {args.get('seq_len')} tokens
+- training rows: {n.get('train', '?')}{'' if int(args.get('select_k_per_class', -1)) == -1 else f" (few-shot: {args['select_k_per_class']} per class)"}
+
+The command that trained it (the project's `train.py`, run from its root):
+
+```bash
+{train_command(args)}
+```
+
+## Use
+
+```python
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+base = T5ForConditionalGeneration.from_pretrained("{base_model}")
+tokenizer = AutoTokenizer.from_pretrained("{base_model}")
+model = PeftModel.from_pretrained(base, "{folder_name}").eval()  # the path of this folder
+
+text = "{text}"  # the task's input as the project's data_utils.format_example writes it
+ids = tokenizer(text).input_ids[:{keep}]  # one </s> appended, then cut to seq_len - P = {args['seq_len']} - {n_tokens}
+with torch.no_grad():
+    out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens={task.target_len - 1})
+print(tokenizer.decode(out[0], skip_special_tokens=True))  # {answers}
+```
+
+To reproduce the run's numbers, feed exactly what training fed: the text of `data_utils.format_example` for
+`{task.name}`, tokenized with exactly one `</s>` (`data_utils.encode_batch`), cut to seq_len - P = {args["seq_len"]} -
+{n_tokens} = {keep} tokens (training cut [prompt; input] to {args["seq_len"]}); greedy decoding of
+{task.target_len - 1} new tokens. PEFT cuts nothing by itself.
+
+Exported by `scripts/export_peft.py` from the run folder `{os.path.basename(os.path.abspath(run_dir))}`.
 """
-    with open(readme, "a") as f:
-        f.write(text)
 
 
 def main(argv=None):

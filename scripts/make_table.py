@@ -13,8 +13,9 @@ std is the sample standard deviation (ddof=1; none for a single seed). "Avg" is 
 (blank when the row lacks a task). Incomplete runs and runs without the chosen score are skipped with a warning;
 a cell that averages runs differing in another argument (say lr) is warned about, naming the --group_by to add.
 
-Prints a markdown table; writes PREFIX.csv (one line per cell: method, group values, task, n, mean, std, seeds;
-unrounded) and PREFIX.tex (the printed table, via pandas.DataFrame.to_latex).
+Prints a markdown table on stdout (warnings go to stderr, so `> table.md` keeps the table only). With --out PREFIX
+it also writes PREFIX.csv (one line per cell: method, group values, task, n, mean, std, seeds; unrounded) and
+PREFIX.tex (the printed table, via pandas.DataFrame.to_latex); without --out nothing is written.
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ sys.path.insert(0, ROOT)
 
 import pandas as pd  # noqa: E402
 
-import run_dirs  # noqa: E402
+import run_folder  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -39,11 +40,11 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR", help="folders searched recursively for runs")
-    p.add_argument("--metric", default="best_val", choices=run_dirs.METRICS,
+    p.add_argument("--metric", default="best_val", choices=run_folder.METRICS,
                    help="best_val: results.json best_val_score; test: the test subset's score of the best state")
     p.add_argument("--group_by", default="", help="comma-separated args.json keys that split rows (e.g. lr,prefix_len)")
-    p.add_argument("--out", default="table",
-                   help="writes OUT.csv and OUT.tex, replacing earlier ones (default: table.csv and table.tex here)")
+    p.add_argument("--out", default=None, metavar="PREFIX",
+                   help="also write PREFIX.csv and PREFIX.tex, replacing earlier ones (default: print only)")
     return p
 
 
@@ -52,7 +53,7 @@ def collect(runs, metric, group_by):
     runs (no score for the metric)."""
     rows, no_score = [], []
     for r in runs:
-        s = run_dirs.score(r, metric)
+        s = run_folder.score(r, metric)
         if s is None:
             no_score.append(r.path)
             continue
@@ -69,7 +70,7 @@ def aggregate(df, group_by):
                .agg(n=("score", "size"), mean=("score", "mean"), std=("score", lambda s: s.std(ddof=1)),
                     seeds=("seed", lambda s: ";".join(str(v) for v in sorted(s, key=_value_key))))
                .reset_index())
-    tasks = sorted(cells["task"].unique(), key=run_dirs.task_rank)
+    tasks = sorted(cells["task"].unique(), key=run_folder.task_rank)
     avg = []
     for values, row in cells.groupby(["method", *group_by], sort=False, dropna=False):
         complete = set(row["task"]) == set(tasks)
@@ -80,7 +81,7 @@ def aggregate(df, group_by):
 
     def key(i):
         c = cells.loc[i]
-        return run_dirs.method_rank(c["method"]), [_value_key(c[g]) for g in group_by], order[c["task"]]
+        return run_folder.method_rank(c["method"]), [_value_key(c[g]) for g in group_by], order[c["task"]]
 
     return cells.loc[sorted(cells.index, key=key)].reset_index(drop=True), tasks
 
@@ -117,7 +118,7 @@ def to_markdown(wide):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        runs, group_by = run_dirs.load_runs(args.runs_dirs, args.group_by, "make_table.py")
+        runs, group_by = run_folder.load_runs(args.runs_dirs, args.group_by, "make_table.py")
         df, no_score = collect(runs, args.metric, group_by)
         if no_score:
             why = "no test score (trained without --get_test_subset 1)" if args.metric == "test" else \
@@ -132,7 +133,7 @@ def main(argv=None):
 
     by_path = {r.path: r for r in runs}
     for key, part in df.groupby(["method", *group_by, "task"], sort=False, dropna=False):
-        mixed = run_dirs.mixed_arguments([by_path[p] for p in part["path"]])
+        mixed = run_folder.mixed_arguments([by_path[p] for p in part["path"]])
         if mixed:
             what = "; ".join(f"{k} {v}" for k, v in mixed.items())
             print(f"make_table.py: warning: cell {' / '.join(map(str, key))} averages runs that differ in {what}: "
@@ -147,6 +148,8 @@ def main(argv=None):
             + ("" if show_n else f", n={counts.iloc[0]} per cell") + "; Avg = mean of the task means")
     print(to_markdown(wide))
     print(f"\n{note}")
+    if args.out is None:
+        return 0
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)

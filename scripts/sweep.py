@@ -5,6 +5,7 @@
     sbatch jobs/table1.sbatch                                                   # one array task per run
     python scripts/sweep.py status jobs/table1.runs                            # complete / partial / missing
     python scripts/sweep.py run    jobs/table1.runs 5                          # run index 5 here (what a task calls)
+    python scripts/sweep.py run    scripts/sweeps/smoke.yaml all -j 2          # no SLURM: every run here, 2 at a time
 
 Every subcommand takes `--set KEY=VALUE` (repeatable) to override the file: `--set model_name=/models/t5-base`,
 `--set data_dir=../shared/data`, `--set seed=1,2` (a comma list makes a grid axis), `--set method=pt,residual_pt`
@@ -27,6 +28,18 @@ The array job looks each run up by index in the run list written next to it, so 
 cannot reorder the runs of a submitted job. A run whose results.json says "complete" (with the same arguments) is
 skipped; any other run goes to train.py, which continues its checkpoint (--resume auto). SIGUSR1 before the time
 limit (#SBATCH --signal=B:USR1@300) reaches train.py through scripts/requeue_on_signal.sh, which requeues the task.
+
+Without SLURM, `run SWEEP SELECTION [-j N]` runs the selected runs on this machine, N at a time, each train.py in
+a child process (output appended to --logs DIR/INDEX.log, default logs/NAME/ as the array job's). SELECTION is
+`all`, an index, a range `0-3`, or a comma list of those (`0-3,7`). Complete runs are skipped as above; the others
+go to train.py, which continues an interrupted run from its checkpoint, so rerunning the same command finishes a
+sweep. One line per run as it is skipped, starts, and ends (with train.py's exit code and, on failure, the last
+line of its log), then a summary. A lone INDEX without -j or --gpus keeps the array task's behaviour: train.py
+replaces this process (exec), its output goes to the terminal. --gpus 0,1 gives each run one GPU
+(CUDA_VISIBLE_DEVICES; -j defaults to the number of GPUs); without it OMP_NUM_THREADS is set to cores / N unless
+already set. Ctrl-C (SIGINT), SIGTERM or SIGUSR1 is passed to the running train.py processes, which write a
+checkpoint and exit 75; no further run starts (a second signal stops them at once). Exit code: 0 every selected run
+is complete; 1 a run failed; 2 bad input; 75 stopped by a signal (run the same command again to go on).
 """
 from __future__ import annotations
 
@@ -39,11 +52,16 @@ import json
 import os
 import re
 import shlex
+import signal
+import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 75  # as train.py: what is needed to continue is on disk; run the same command again
+TRAIN_EXITS = {0: "done", 2: "bad input", 3: "diverged", 75: "stopped, checkpoint written"}  # train.py's codes
 TOP_KEYS = ("name", "description", "fixed", "methods", "grid", "run_name", "sbatch")
 OWN_DIRECTIVES = ("array", "requeue", "chdir", "open-mode")  # written by this script: a sweep may not set them
 ABBREV = {"prefix_len": "len", "select_k_per_class": "k", "prompt_init": "init_", "bottleneck_size": "m",
@@ -55,20 +73,19 @@ class SweepError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# train.py's parser is the one authority on flag names, types and choices.
-# (The style guide keeps scripts from importing train.py; validating against a copied flag list would drift.)
+# train.py's parser (arguments.py) is the one authority on flag names, types and choices.
 # ---------------------------------------------------------------------------------------------------------------
 
-def _train_module():
+def _arguments():
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    import train
-    return train
+    import arguments
+    return arguments
 
 
 def _flags():
     """{flag name: argparse action} of train.py, help excluded."""
-    parser = _train_module().build_parser()
+    parser = _arguments().build_parser()
     return {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings and a.dest != "help"}
 
 
@@ -257,11 +274,11 @@ def _run_name(template, values, method, flags, path):
 
 def check_runs(runs, path):
     """Every run must get past train.py's own parsing and checks (task, types, invalid combinations)."""
-    train = _train_module()
+    arguments = _arguments()
     from data_utils import TASKS
-    from train_utils import ConfigError
+    from errors import ConfigError
 
-    parser = train.build_parser()
+    parser = arguments.build_parser()
 
     def refuse(message):
         raise SweepError(message)
@@ -275,7 +292,7 @@ def check_runs(runs, path):
                              f"valid: {', '.join(sorted(TASKS))}")
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # check_args prints notes
-                train.check_args(args, train.explicit_flags(parser, run["argv"]))
+                arguments.check_args(args)
         except ConfigError as e:
             raise SweepError(f"{path}: run {i} ({run['name']}): train.py would refuse it: {e}") from None
 
@@ -313,7 +330,7 @@ def read_runs(source, sets):
 
 
 def run_dir(argv):
-    parser = _train_module().build_parser()
+    parser = _arguments().build_parser()
     args = parser.parse_args(argv)
     path = os.path.join(args.save_dir, args.save_name)
     return path if os.path.isabs(path) else os.path.join(ROOT, path)
@@ -321,38 +338,29 @@ def run_dir(argv):
 
 def run_state(path):
     """complete | failed (diverged: results.json holds an error) | partial | missing."""
-    results = {}
-    try:
-        with open(os.path.join(path, "results.json")) as f:
-            results = json.load(f)
-    except (OSError, ValueError):
-        pass
-    if results.get("complete"):
-        return "complete"
-    if results.get("error"):
-        return "failed"
-    return "partial" if os.path.isdir(path) and os.listdir(path) else "missing"
+    _arguments()
+    import run_folder
+
+    return run_folder.run_status(path)
 
 
 def same_args(path, argv):
     """train.py's own test of whether a finished run was made with these arguments: [] or the differences."""
-    train = _train_module()
-    from checkpoints import differing_args
-    from train_utils import ConfigError
+    arguments = _arguments()
+    import run_folder
+    from errors import ConfigError
 
-    try:
-        with open(os.path.join(path, "args.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
+    saved = run_folder.read_json(os.path.join(path, "args.json"))
+    if not saved:
         return ["no readable args.json"]
-    parser = train.build_parser()
+    parser = arguments.build_parser()
     args = parser.parse_args(argv)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            train.check_args(args, train.explicit_flags(parser, argv))
+            arguments.check_args(args)
     except ConfigError as e:  # train.py will say it properly
         return [str(e)]
-    return differing_args(saved, vars(args))
+    return run_folder.differing_args(saved, vars(args))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -372,23 +380,196 @@ def cmd_list(a):
     return 0
 
 
+def parse_selection(text, n):
+    """Indices of SELECTION (all | I | A-B | comma list of those) among ``n`` runs, in the order given, each once."""
+    if n == 0:
+        raise SweepError("the sweep has no runs")
+    picked = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            picked += range(n)
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise SweepError(f"selection {text!r}: expected all, an index, a range A-B, or a comma list of those "
+                             f"(runs 0-{n - 1})")
+        lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if lo > hi:
+            raise SweepError(f"selection {part!r}: the range runs backwards; write {hi}-{lo}")
+        if hi >= n:
+            raise SweepError(f"index {hi} is out of range: the sweep has {n} runs (0-{n - 1})")
+        picked += range(lo, hi + 1)
+    return list(dict.fromkeys(picked))
+
+
+def skip_reason(run):
+    """'complete' when the run's folder holds a finished run with these arguments (nothing to do), else None.
+    A finished run with other arguments goes to train.py, which refuses it with the differences."""
+    path = run_dir(run["argv"])
+    if run_state(path) != "complete":
+        return None
+    diff = same_args(path, run["argv"])
+    if diff:
+        print(f"sweep.py: {run['name']} is complete with other arguments ({'; '.join(diff)}); train.py decides",
+              flush=True)
+        return None
+    return "complete"
+
+
 def cmd_run(a):
-    runs, _ = read_runs(a.sweep, a.set)
-    if not 0 <= a.index < len(runs):
-        raise SweepError(f"index {a.index} is out of range: {a.sweep} has {len(runs)} runs (0-{len(runs) - 1})")
-    run = runs[a.index]
+    runs, name = read_runs(a.sweep, a.set)
+    single = re.fullmatch(r"-?\d+", a.selection.strip())
+    if single and a.jobs is None and a.gpus is None:  # an array task: exec train.py (signals reach it directly)
+        return run_one(a, runs, int(a.selection))
+    if a.jobs is not None and a.jobs < 1:
+        raise SweepError(f"-j {a.jobs}: give the number of runs at a time (1 or more)")
+    gpus = None
+    if a.gpus is not None:
+        gpus = [g.strip() for g in a.gpus.split(",") if g.strip()]
+        if not gpus:
+            raise SweepError("--gpus needs one or more GPU ids, e.g. --gpus 0,1")
+    selected = parse_selection(a.selection, len(runs))
+    logs = a.logs or os.path.join("logs", name)
+    logs = logs if os.path.isabs(logs) else os.path.join(ROOT, logs)
+    return LocalSweep(runs, selected, name, a.jobs or (len(gpus) if gpus else 1), gpus, logs).run()
+
+
+def run_one(a, runs, index):
+    if not 0 <= index < len(runs):
+        raise SweepError(f"index {index} is out of range: {a.sweep} has {len(runs)} runs (0-{len(runs) - 1})")
+    run = runs[index]
     path = run_dir(run["argv"])
     if run_state(path) == "complete":
         diff = same_args(path, run["argv"])
         if not diff:
-            print(f"sweep.py: skip run {a.index} {run['name']}: {path}/results.json is complete", flush=True)
+            print(f"sweep.py: skip run {index} {run['name']}: {path}/results.json is complete", flush=True)
             return 0
-        print(f"sweep.py: run {a.index} {run['name']} is complete with other arguments ({'; '.join(diff)}); "
+        print(f"sweep.py: run {index} {run['name']} is complete with other arguments ({'; '.join(diff)}); "
               f"train.py decides", flush=True)
     argv = [sys.executable, os.path.join(ROOT, "train.py")] + run["argv"]
-    print(f"sweep.py: run {a.index} {run['name']}: {shlex.join(argv)}", flush=True)
+    print(f"sweep.py: run {index} {run['name']}: {shlex.join(argv)}", flush=True)
     os.chdir(ROOT)
     os.execv(sys.executable, argv)  # same process: a signal sent to it reaches train.py (checkpoint, exit 75)
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def _last_line(path):
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 8192))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").replace("\r", "\n").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    return lines[-1][:300] if lines else ""
+
+
+class LocalSweep:
+    """Runs the selected runs here, ``jobs`` train.py processes at a time (each in a session of its own: a signal
+    reaches them through this process only, once)."""
+
+    def __init__(self, runs, selected, name, jobs, gpus, logs):
+        self.runs, self.selected, self.name, self.jobs, self.gpus, self.logs = runs, selected, name, jobs, gpus, logs
+        self.running = {}  # index -> (Popen, start time, gpu, log path)
+        self.stop_signal = None
+        self.counts = {"done": 0, "skipped": 0, "failed": 0, "stopped": 0}
+
+    def _say(self, text):
+        print(f"sweep.py: {text}", flush=True)
+
+    def _on_signal(self, signum, frame):
+        first = self.stop_signal is None
+        self.stop_signal = signum
+        name = signal.Signals(signum).name
+        if first:
+            self._say(f"{name}: passed to {len(self.running)} running train.py (they write a checkpoint and exit "
+                      f"75); no further run starts. Again to stop them at once")
+        for proc, *_ in self.running.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+    def _env(self, gpu):
+        env = dict(os.environ)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        elif "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(max(1, _cpus() // min(self.jobs, len(self.selected))))
+        return env
+
+    def _start(self, i):
+        run = self.runs[i]
+        gpu = None
+        if self.gpus:  # the GPU with the fewest runs on it
+            load = {g: 0 for g in self.gpus}
+            for _, _, g, _ in self.running.values():
+                load[g] += 1
+            gpu = min(self.gpus, key=lambda g: load[g])
+        os.makedirs(self.logs, exist_ok=True)
+        log = os.path.join(self.logs, f"{i}.log")
+        argv = [sys.executable, os.path.join(ROOT, "train.py")] + run["argv"]
+        with open(log, "a") as f:
+            f.write(f"== {time.strftime('%F %T')} sweep.py run {i} {run['name']}"
+                    f"{'' if gpu is None else f' on GPU {gpu}'}: {shlex.join(argv)}\n")
+            f.flush()
+            proc = subprocess.Popen(argv, cwd=ROOT, env=self._env(gpu), stdin=subprocess.DEVNULL, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.running[i] = (proc, time.time(), gpu, log)
+        self._say(f"start {i} {run['name']}{'' if gpu is None else f' (GPU {gpu})'}: log {_show(log)}")
+
+    def _finish(self, i, rc):
+        proc, t0, gpu, log = self.running.pop(i)
+        what = TRAIN_EXITS.get(rc, f"killed by {signal.Signals(-rc).name}" if rc < 0 else "error")
+        took = f"{time.time() - t0:.0f}s"
+        if rc == 0:
+            self.counts["done"] += 1
+            self._say(f"done {i} {self.runs[i]['name']}: exit 0 in {took}")
+        elif rc == EXIT_INTERRUPTED:
+            self.counts["stopped"] += 1
+            self._say(f"stopped {i} {self.runs[i]['name']}: exit 75 ({what}) in {took}")
+        else:
+            self.counts["failed"] += 1
+            self._say(f"FAILED {i} {self.runs[i]['name']}: exit {rc} ({what}) in {took}: {_last_line(log)} "
+                      f"[log {_show(log)}]")
+
+    def run(self):
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM,
+                                                                          signal.SIGUSR1)}
+        todo = list(self.selected)
+        self._say(f"{self.name}: {len(todo)} run(s) selected of {len(self.runs)}, {self.jobs} at a time"
+                  + (f" on GPU(s) {','.join(self.gpus)}" if self.gpus else ""))
+        try:
+            while (todo and self.stop_signal is None) or self.running:
+                while todo and self.stop_signal is None and len(self.running) < self.jobs:
+                    i = todo.pop(0)
+                    reason = skip_reason(self.runs[i])
+                    if reason:
+                        self.counts["skipped"] += 1
+                        self._say(f"skip {i} {self.runs[i]['name']}: {reason}")
+                    else:
+                        self._start(i)
+                for i in list(self.running):
+                    rc = self.running[i][0].poll()
+                    if rc is not None:
+                        self._finish(i, rc)
+                if self.running:
+                    time.sleep(0.2)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        c = self.counts
+        left = len(todo)
+        self._say(f"{self.name}: {c['done']} done, {c['skipped']} skipped (complete), {c['failed']} failed"
+                  + (f", {c['stopped']} stopped, {left} not started" if self.stop_signal is not None else ""))
+        if self.stop_signal is not None and (c["stopped"] or left):
+            return EXIT_INTERRUPTED
+        return EXIT_RUN_FAILED if c["failed"] else 0
 
 
 def cmd_status(a):
@@ -399,7 +580,7 @@ def cmd_status(a):
         state = run_state(path)
         counts[state] += 1
         if a.verbose:
-            print(f"{i}\t{state}\t{run['name']}\t{os.path.relpath(path, ROOT)}")
+            print(f"{i}\t{state}\t{run['name']}\t{_show(path)}")
     print(f"{name}: {len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "failed"))
     return 0
 
@@ -467,14 +648,23 @@ def build_parser():
     p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    helps = {"list": "print NAME<TAB>COMMAND per run", "run": "run one entry here (what an array task calls)",
+    helps = {"list": "print NAME<TAB>COMMAND per run",
+             "run": "run one entry (what an array task calls), or several here, -j N at a time",
              "status": "count complete / partial / missing runs", "sbatch": "write a SLURM array script + run list"}
     for name, fn in (("list", cmd_list), ("run", cmd_run), ("status", cmd_status), ("sbatch", cmd_sbatch)):
         s = sub.add_parser(name, help=helps[name], description=helps[name])
         s.add_argument("sweep", help="sweep file (.yaml/.yml/.json)" + ("" if name == "sbatch" else
                                                                          " or run list (.runs)"))
         if name == "run":
-            s.add_argument("index", type=int, help="0-based run index (SLURM_ARRAY_TASK_ID)")
+            s.add_argument("selection", metavar="SELECTION",
+                           help="0-based run index (SLURM_ARRAY_TASK_ID: train.py replaces this process), or "
+                                "all, A-B, a comma list: those runs here, -j at a time")
+            s.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                           help="runs at a time (default 1; with --gpus, one per GPU)")
+            s.add_argument("--gpus", default=None, metavar="IDS",
+                           help="comma-separated GPU ids: each run gets one (CUDA_VISIBLE_DEVICES)")
+            s.add_argument("--logs", default=None, metavar="DIR",
+                           help="folder of the runs' logs INDEX.log (default logs/NAME, as the array job's)")
         if name == "sbatch":
             s.add_argument("-o", "--output", required=True, help="sbatch script to write; the run list goes "
                                                                   "next to it (NAME.sbatch -> NAME.runs)")

@@ -14,14 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import checkpoints  # noqa: E402
+import run_folder  # noqa: E402
 import train  # noqa: E402
 import train_utils  # noqa: E402
 
 kind, n = sys.argv[1].split(":")
 n = int(n)
 counts = {"steps": 0, "writes": 0}
-real_step, real_write = train_utils.train_step, checkpoints.atomic_write
+real_step, real_write = train_utils.train_step, run_folder.atomic_write
 
 
 def step(*args, **kwargs):
@@ -35,7 +35,7 @@ def step(*args, **kwargs):
 
 
 def write(path, fn):
-    if kind == "kill_in_checkpoint" and path.endswith(checkpoints.TRAIN_STATE):
+    if kind == "kill_in_checkpoint" and path.endswith(run_folder.TRAIN_STATE):
         counts["writes"] += 1
         if counts["writes"] == n:
             def write_then_die(f):
@@ -47,5 +47,5 @@ def write(path, fn):
 
 
 train_utils.train_step = step
-checkpoints.atomic_write = write
+run_folder.atomic_write = write
 sys.exit(train.main(sys.argv[sys.argv.index("--") + 1:]))

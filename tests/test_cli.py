@@ -2,8 +2,6 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +9,12 @@ import pytest
 import torch
 
 import train
+from conftest import run_py
 from res_mlp import build_reparam
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def run_cli(args, env_extra=None, cwd=ROOT):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_extra or {})}
-    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+def run_cli(args, env_extra=None):
+    return run_py(["train.py", *args], env={"PYTHONWARNINGS": "ignore", **(env_extra or {})})
 
 
 def current_umask():
@@ -43,6 +38,7 @@ def cb_run(tiny_t5_dir, data_dir, tmp_path_factory):
     return save_dir / "x", proc
 
 
+@pytest.mark.slow
 def test_cb_run_writes_every_output(cb_run):
     run_dir, proc = cb_run
     assert {"args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"} <= set(os.listdir(run_dir))
@@ -71,6 +67,7 @@ def test_cb_run_writes_every_output(cb_run):
     assert len(score_dict["train"]["loss"]) == 2
 
 
+@pytest.mark.slow
 def test_prompt_npy_is_the_mlp_applied_to_the_checkpointed_raw_prompt(cb_run):
     run_dir, _ = cb_run
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -87,6 +84,7 @@ def test_prompt_npy_is_the_mlp_applied_to_the_checkpointed_raw_prompt(cb_run):
     assert not np.allclose(prompt, ckpt["prompt"].numpy())  # the projection is not the identity
 
 
+@pytest.mark.slow
 def test_existing_run_is_never_overwritten_without_flag(cb_run, tiny_t5_dir, data_dir):
     run_dir, _ = cb_run
     before = hashes(run_dir)
@@ -100,6 +98,7 @@ def test_existing_run_is_never_overwritten_without_flag(cb_run, tiny_t5_dir, dat
     assert hashes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_original_readme_command_runs_verbatim(tiny_t5_dir, data_dir, tmp_path):
     """The original README's example, with only its paths made local (model dir; data through $RPT_DATA_DIR)."""
     cmd = (f"--task wsc --prefix_MLP MLP1 --lr 0.3 --freeze_weights 1 --freeze_except xxxx "
@@ -176,7 +175,7 @@ def test_eval_every_follows_the_original_rule():
     parser = train.build_parser()
     for epochs, every in ((20, 1), (50, 1), (51, 5), (200, 5), (201, 25)):
         args = parser.parse_args(["--task", "cb", "--save_name", "x", "--num_epochs", str(epochs)])
-        assert train.check_args(args, set()).eval_every == every
+        assert train.check_args(args).eval_every == every
 
 
 def test_freeze_except_trains_and_saves_the_matching_weights(tiny_t5_dir, data_dir, tmp_path):

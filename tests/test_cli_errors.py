@@ -3,18 +3,14 @@ fix, no traceback, and leaves every existing file untouched (hashes of a whole w
 an interrupted run with its checkpoint) and creates nothing."""
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import train
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_py
 
 
 def snapshot(folder):
@@ -64,10 +60,8 @@ def ws(tiny_t5_dir, data_dir, tmp_path_factory):
             "--freeze_weights", "1", "--select_k_per_class", "4", "--limit_val_set", "4", "--num_epochs", "2",
             "--save_dir", str(w / "runs"), "--progress", "0"]
     assert train.main(base + ["--save_name", "finished"]) == 0
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
-    stopped = subprocess.run([sys.executable, "tests/fault_runner.py", "term_at_step:1", "--", *base,
-                              "--save_name", "interrupted", "--batch_size", "2"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+    stopped = run_py(["tests/fault_runner.py", "term_at_step:1", "--", *base, "--save_name", "interrupted",
+                      "--batch_size", "2"], env={"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"})
     assert stopped.returncode == 75, stopped.stderr
     shutil.copytree(w / "runs" / "interrupted", w / "runs" / "torn")
     (w / "runs" / "torn" / "train_state.pt").write_bytes(b"torn")
@@ -130,6 +124,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # its workspace holds a run stopped by tests/fault_runner.py in a child process
 @pytest.mark.parametrize("extra,message", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(extra, message, ws, tiny_t5_dir, data_dir, capsys):
     argv = ["--task", "rte_superglue", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
@@ -153,6 +148,7 @@ def test_catalogue_is_large_and_distinct():
     assert len(CASES) >= 25 and len({m for _, m in CASES}) >= 25
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra,message", [
     (["--batch_size", "eight"], "invalid int value"),
     (["--prefix_MLP", "MLP9"], "unknown --prefix_MLP"),
@@ -162,8 +158,6 @@ def test_the_real_process_prints_one_line_and_exits_2(extra, message, ws, tiny_t
     argv = ["--task", "rte_superglue", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
             "--save_dir", str(ws / "runs"), "--save_name", "new", "--progress", "0"]
     before = snapshot(ws)
-    proc = subprocess.run([sys.executable, "train.py", *argv, *[a.replace("{w}", str(ws)) for a in extra]],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = run_py(["train.py", *argv, *[a.replace("{w}", str(ws)) for a in extra]], env={"PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert snapshot(ws) == before

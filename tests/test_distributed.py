@@ -2,15 +2,13 @@
 import json
 import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+from conftest import run_py
+
+pytestmark = pytest.mark.slow  # every test here starts train.py or torchrun
 
 
 def free_port():
@@ -20,10 +18,9 @@ def free_port():
 
 
 def torchrun(nproc, args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([*TORCHRUN, "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-                           "--master_port", str(free_port()), "train.py", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_py(["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+                   "--master_port", str(free_port()), "train.py", *args],
+                  env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +71,6 @@ def test_only_rank_zero_writes_and_prints(runs):
     (["--fsdp", "1", "--freeze_weights", "0"], {"WORLD_SIZE": "2"}, "--fsdp 1 is for a frozen model"),
 ])
 def test_distributed_options_refused_where_they_cannot_act(tmp_path, argv, env, message):
-    proc = subprocess.run([sys.executable, "train.py", "--task", "cb", "--save_dir", str(tmp_path), "--save_name",
-                           "x", *argv], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=120)
+    proc = run_py(["train.py", "--task", "cb", "--save_dir", str(tmp_path), "--save_name", "x", *argv], env=env)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

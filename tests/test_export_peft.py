@@ -4,8 +4,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,10 @@ pytest.importorskip("peft")
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 import data_utils  # noqa: E402
+import models  # noqa: E402
 import train_utils as tu  # noqa: E402
+from prompts import SoftPrompt  # noqa: E402
+from conftest import run_py  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ_LEN, P = 48, 10  # short: most RTE sources are longer than SEQ_LEN - P, so the truncation rule is exercised
@@ -34,8 +35,7 @@ export_peft = load_script("export_peft")
 
 
 def run_script(args):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_py(args, env={"PYTHONWARNINGS": "ignore"})
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def adapter_dir(run_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # run_dir: a train.py run in a child process
 def test_adapter_files_and_config(adapter_dir, run_dir, tiny_t5_dir):
     from safetensors.torch import load_file
 
@@ -80,6 +81,7 @@ def _pad(seqs, length=None):
     return tu._pad(seqs, length or max(map(len, seqs)))
 
 
+@pytest.mark.slow
 def test_peft_model_reproduces_our_evaluation(adapter_dir, run_dir, tiny_t5_dir, data_dir):
     from peft import PeftModel
     from transformers import AutoTokenizer, T5ForConditionalGeneration
@@ -90,15 +92,15 @@ def test_peft_model_reproduces_our_evaluation(adapter_dir, run_dir, tiny_t5_dir,
     splits = data_utils.build_splits(task, str(data_dir), args["select_k_per_class"], bool(args["get_test_subset"]),
                                      args["limit_val_set"], args["data_seed"])
     tokenizer = AutoTokenizer.from_pretrained(tiny_t5_dir)
-    val = tu.encode_split(task, splits["val"], tokenizer, args["seq_len"], splits["val_groups"],
+    val = models.PromptT5.encode_split(task, splits["val"], tokenizer, args["seq_len"], splits["val_groups"],
                           splits["val_official_groups"])
     assert len(val) == results["n_examples"]["validation"] == 8
 
     # ours: train_utils.evaluate with the saved projected prompt reproduces the run's best evaluation
     prompt = torch.from_numpy(np.load(run_dir / "prompt.npy"))  # [P, H]
-    ours = tu.PromptT5(T5ForConditionalGeneration.from_pretrained(tiny_t5_dir), prompt, seq_len=args["seq_len"])
-    res = tu.evaluate(ours, val, task, tokenizer, args["eval_batch_size"], torch.device("cpu"),
-                      loss_batch_size=args["batch_size"])
+    ours = models.PromptT5(T5ForConditionalGeneration.from_pretrained(tiny_t5_dir), tokenizer, SoftPrompt(prompt),
+                           seq_len=args["seq_len"])
+    res = tu.evaluate(ours, val, task, batch_size=args["eval_batch_size"], loss_batch_size=args["batch_size"])
     best = next(e for e in results["validation"] if e["epoch"] == results["best_epoch"])
     assert res["score"] == results["best_val_score"] and res["loss"] == pytest.approx(best["loss"], rel=1e-6)
 
@@ -152,6 +154,7 @@ def test_peft_model_reproduces_our_evaluation(adapter_dir, run_dir, tiny_t5_dir,
     assert abs(peft_loss(val.source_ids) - res["loss"]) > 1e-3
 
 
+@pytest.mark.slow
 def test_non_empty_out_dir_is_refused(run_dir, tmp_path):
     out = tmp_path / "adapter"
     out.mkdir()
@@ -180,6 +183,7 @@ def test_full_finetuning_run_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_unfinished_mixed_and_foreign_folders_are_refused(run_dir, tmp_path, capsys):
     assert "is not a run folder" in _refused([str(tmp_path), str(tmp_path / "o1")], capsys)
 
@@ -196,6 +200,7 @@ def test_unfinished_mixed_and_foreign_folders_are_refused(run_dir, tmp_path, cap
     assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
 
 
+@pytest.mark.slow
 def test_run_with_trained_weights_uses_its_model_folder(run_dir, tiny_t5_dir, tmp_path):
     """A run that also trained model weights saved them in model/: that folder is the adapter's base model."""
     run = tmp_path / "with_model"

@@ -21,6 +21,7 @@ from torch import nn
 
 import data_utils as D
 import train
+import models
 import train_utils as tu
 
 GOLDEN_TASKS = ["cb", "copa", "rte_superglue", "wic", "wsc", "wsc_bool", "multirc", "boolq",
@@ -204,7 +205,7 @@ def _our_args(meta, extra):
     """Our resolved arguments for the golden run's train.py command line (its own flags, verbatim)."""
     argv = [a for a in meta["train_py_args"]]
     args = train.build_parser().parse_args(argv + extra)
-    return train.check_args(args, train.explicit_flags(train.build_parser(), argv + extra))
+    return train.check_args(args)
 
 
 def _no_dropout(module):
@@ -217,11 +218,12 @@ def _no_dropout(module):
 
 
 def _build(golden_dir, meta, arrays, extra):
-    from transformers import T5ForConditionalGeneration
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     args = _our_args(meta, extra)
     model = T5ForConditionalGeneration.from_pretrained(golden_dir / "model")
-    wrapper, _, _ = tu.build_prompt_model(model, args)
+    tokenizer = AutoTokenizer.from_pretrained(golden_dir / "model")
+    wrapper, _ = models.build_model(model, tokenizer, args, D.get_task(args.task))
     if wrapper.prompt is not None:
         with torch.no_grad():
             wrapper.prompt.copy_(torch.from_numpy(arrays["prompt/init"]))
@@ -381,9 +383,9 @@ def test_evaluation_matches_the_original(config, golden_dir, data_dir):
     task = D.get_task("cb")
     splits = D.build_splits(task, str(data_dir))
     assert [r["idx"] for r in splits["val"]] == ev["val_idx_order"]  # served in shuffle(seed=0) order
-    val = tu.encode_split(task, splits["val"], tokenizer, args.seq_len)
+    val = models.PromptT5.encode_split(task, splits["val"], tokenizer, args.seq_len)
     # one evaluation batch of all 56 rows, dynamically padded; the loss is still reported over batches of 8
-    res = tu.evaluate(wrapper, val, task, tokenizer, 56, "cpu", loss_batch_size=args.batch_size)
+    res = tu.evaluate(wrapper, val, task, batch_size=56, loss_batch_size=args.batch_size)
 
     batch = next(tu.make_batches(val, 56, task.target_len))
     ids = wrapper.generate(batch["source_ids"], task.target_len, _projected_eval(wrapper)).tolist()

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_py
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH, EPOCHS = 16, 3  # CB: 250 rows / batch 16
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
@@ -30,8 +32,7 @@ def train_args(model_dir, data_dir, save_dir, name):
 
 
 def run(args, fault=None):
-    cmd = [sys.executable, "tests/fault_runner.py", fault, "--"] if fault else [sys.executable, "train.py"]
-    return subprocess.run(cmd + args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    return run_py((["tests/fault_runner.py", fault, "--"] if fault else ["train.py"]) + args, env=ENV)
 
 
 def outcome(run_dir):
@@ -51,6 +52,7 @@ def baseline(tiny_t5_dir, data_dir, tmp_path_factory):
     return outcome(save_dir / "run")
 
 
+@pytest.mark.slow
 def test_sigkill_anywhere_then_resume_is_bit_identical(baseline, tiny_t5_dir, data_dir, tmp_path):
     rng = np.random.default_rng(2026)
     points = [f"kill_at_step:{s}" for s in sorted(rng.choice(np.arange(2, EPOCHS * STEPS_PER_EPOCH), 4, False))]
@@ -76,6 +78,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(baseline, tiny_t5_dir, da
     assert "resuming" in stdout and "at epoch 0, step 10" in stdout  # writes at steps 5, 10; the one at 15 died
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_75_and_resumes_identically(baseline, tiny_t5_dir, data_dir, tmp_path):
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "term")
     stopped = run(args, "term_at_step:23")
@@ -109,6 +112,7 @@ def signal_twice(args, tmp_path, name, first, second):
     return proc.returncode, err
 
 
+@pytest.mark.slow
 def test_external_signals_from_outside_the_process(baseline, tiny_t5_dir, data_dir, tmp_path):
     """SLURM's SIGUSR1, then a second signal: exit at once with nothing torn; the run still resumes exactly."""
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "usr1")
@@ -119,6 +123,7 @@ def test_external_signals_from_outside_the_process(baseline, tiny_t5_dir, data_d
     assert outcome(tmp_path / "usr1") == baseline
 
 
+@pytest.mark.slow
 def test_preemption_pair_of_signals_still_checkpoints(baseline, tiny_t5_dir, data_dir, tmp_path):
     """SLURM preemption: SIGTERM to train.py itself and, forwarded by scripts/requeue_on_signal.sh, SIGUSR1 right
     after. That pair is one request: the run stops at a step boundary with a fresh checkpoint (it says so on
@@ -131,6 +136,7 @@ def test_preemption_pair_of_signals_still_checkpoints(baseline, tiny_t5_dir, dat
     assert outcome(tmp_path / "pair") == baseline
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_state(tiny_t5_dir, data_dir, tmp_path):
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "nan")
     proc = run(args, "nan_at_step:24")  # epoch 1, batch 8; checkpoints at global steps 5, 10, 16, 20, 25
@@ -145,6 +151,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_state(tiny_t5_dir, data_
     assert res["complete"] is False and "nan" in res["error"] and len(res["validation"]) == 1
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_diverges_with_a_clear_error(tiny_t5_dir, data_dir, tmp_path):
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "lr") + ["--lr", "1e30", "--num_epochs", "1"]
     proc = run(args)
@@ -152,6 +159,7 @@ def test_huge_learning_rate_diverges_with_a_clear_error(tiny_t5_dir, data_dir, t
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_arguments_and_never_mode(tiny_t5_dir, data_dir, tmp_path):
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "r")
     assert run(args, "term_at_step:3").returncode == 75
@@ -170,21 +178,22 @@ def test_resume_refuses_other_arguments_and_never_mode(tiny_t5_dir, data_dir, tm
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
-    import checkpoints
+    import run_folder
 
     target = tmp_path / "f.json"
-    checkpoints.save_json(target, {"a": 1})
+    run_folder.save_json(target, {"a": 1})
 
     def broken(f):
         f.write(b'{"a": 2')
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
-        checkpoints.atomic_write(str(target), broken)
+        run_folder.atomic_write(str(target), broken)
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_sbatch_wrapper_forwards_slurms_signal_and_keeps_exit_75(baseline, tiny_t5_dir, data_dir, tmp_path):
     """scripts/requeue_on_signal.sh as an sbatch script runs it: SIGUSR1 to the wrapper reaches train.py."""
     args = train_args(tiny_t5_dir, data_dir, tmp_path, "wrap")
@@ -197,6 +206,7 @@ def test_sbatch_wrapper_forwards_slurms_signal_and_keeps_exit_75(baseline, tiny_
     assert outcome(tmp_path / "wrap") == baseline
 
 
+@pytest.mark.slow
 def test_second_signal_during_shutdown_does_not_kill(tiny_t5_dir, data_dir, tmp_path):
     """The pair's second signal can land after the checkpoint is written, while Python shuts down (which resets
     Python-level handlers to the default action): it must not turn exit 75 into death by SIGUSR1 (-10)."""

@@ -3,9 +3,6 @@
 Speed itself is measured by scripts/benchmark.py (docs/PERFORMANCE.md), never asserted here.
 """
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,28 +10,30 @@ import torch
 
 import data_utils
 import train
+import models
 import train_utils as tu
+from prompts import SoftPrompt
+from conftest import run_py
 from res_mlp import build_reparam
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(args):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_py(["train.py", *args])
 
 
 def cli_config(tiny_t5_dir, dtype=torch.float32):
     """The CLI's default Residual PT configuration (MLP1, bottleneck 800, vocab init, legacy AdamW at lr 0.3) on the
     tiny T5, built through train.py's own parser. The frozen model's dropout is off (--model_dropout 0): with it
     on, the attention-dropout masks have the padded length's shape, so no two paddings can draw the same masks."""
-    from transformers import T5ForConditionalGeneration
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     args = train.build_parser().parse_args(["--task", "cb", "--prefix_MLP", "MLP1", "--model_dropout", "0", "--save_name", "x"])
-    args = train.check_args(args, {"task", "prefix_MLP", "model_dropout"})
+    args = train.check_args(args)
     tu.seed_everything(args.seed)  # as train.py: the prompt and MLP initializations draw from the seeded RNGs
     model = T5ForConditionalGeneration.from_pretrained(tiny_t5_dir)
-    tu.freeze_model(model, True, args.freeze_except)
-    wrapper, _, _ = tu.build_prompt_model(model, args)
+    models.freeze_model(model, True, args.freeze_except)
+    wrapper, _ = models.build_model(model, AutoTokenizer.from_pretrained(tiny_t5_dir), args,
+                                    data_utils.get_task(args.task))
     wrapper.to(dtype)
     wrapper.train()
     model.eval()
@@ -91,40 +90,41 @@ def test_fast_evaluation_scores_equal_the_original_behaviour(tiny_t5_dir, t5_tok
     """Evaluation as the original (batch 8, padded to 512, split order) and ours (length-sorted batches of 32,
     dynamic padding): same predictions, same score, same loss (both report the mean over batches of 8)."""
     task = data_utils.get_task("cb")
-    val = tu.encode_split(task, data_utils.load_split(task, "validation", str(data_dir)), t5_tokenizer, 512)
+    val = models.PromptT5.encode_split(task, data_utils.load_split(task, "validation", str(data_dir)), t5_tokenizer, 512)
     wrapper, _ = cli_config(tiny_t5_dir)
     with torch.no_grad():  # a prompt far from the vocabulary, so that predictions differ between rows
         wrapper.prompt.mul_(30)
-    slow = tu.evaluate(wrapper, val, task, t5_tokenizer, 8, "cpu", pad_to=512, loss_batch_size=8)
-    fast = tu.evaluate(wrapper, val, task, t5_tokenizer, 32, "cpu", loss_batch_size=8)
+    slow = tu.evaluate(wrapper, val, task, batch_size=8, pad_to=512, loss_batch_size=8)
+    fast = tu.evaluate(wrapper, val, task, batch_size=32, loss_batch_size=8)
     assert fast["predictions"] == slow["predictions"] and fast["metric"] == slow["metric"]
     assert fast["loss"] == pytest.approx(slow["loss"], rel=1e-5)
 
 
-def tiny_wrapper(precision="fp32", seed=0):
+def tiny_wrapper(precision="fp32", seed=0, tokenizer=None):
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=32128, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=4,
                    dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     model = T5ForConditionalGeneration(cfg)
-    tu.freeze_model(model, True, "xxxxxxx")
+    models.freeze_model(model, True, "xxxxxxx")
     prompt = torch.randn(4, 16) * 0.5
-    return tu.PromptT5(model, prompt, build_reparam("MLP1", 16, 4, bottleneck=8), 512, precision)
+    return models.PromptT5(model, tokenizer, SoftPrompt(prompt, build_reparam("MLP1", 16, 4, bottleneck=8)), 512,
+                           precision)
 
 
 def cb(tokenizer, data_dir, n):
     task = data_utils.get_task("cb")
-    return task, tu.encode_split(task, data_utils.load_split(task, "train", str(data_dir))[:n], tokenizer, 512)
+    return task, models.PromptT5.encode_split(task, data_utils.load_split(task, "train", str(data_dir))[:n], tokenizer, 512)
 
 
 def test_length_sorted_evaluation_returns_results_in_the_split_order(t5_tokenizer, data_dir):
     task, split = cb(t5_tokenizer, data_dir, 24)
-    wrapper = tiny_wrapper()
+    wrapper = tiny_wrapper(tokenizer=t5_tokenizer)
     with torch.no_grad():  # make predictions differ between rows: a trained-looking prompt
         wrapper.prompt.mul_(20)
-    sorted_batches = tu.evaluate(wrapper, split, task, t5_tokenizer, 16, "cpu", loss_batch_size=8)
-    one_by_one = tu.evaluate(wrapper, split, task, t5_tokenizer, 1, "cpu", loss_batch_size=8)
+    sorted_batches = tu.evaluate(wrapper, split, task, batch_size=16, loss_batch_size=8)
+    one_by_one = tu.evaluate(wrapper, split, task, batch_size=1, loss_batch_size=8)
     assert sorted_batches["predictions"] == one_by_one["predictions"]
     assert sorted_batches["loss"] == pytest.approx(one_by_one["loss"], rel=1e-5)
     # and the row order really was changed in the batched run: lengths are not already sorted
@@ -167,6 +167,7 @@ def test_reduced_precision_keeps_prompt_and_mlp_in_fp32(t5_tokenizer, data_dir, 
     assert not torch.equal(low.prompt, before)  # the step happened (fp16: the scaler did not skip it)
 
 
+@pytest.mark.slow
 def test_precision_flag_runs_end_to_end(tiny_t5_dir, data_dir, tmp_path):
     proc = run_cli(["--task", "cb", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir), "--num_epochs", "1",
                     "--select_k_per_class", "8", "--precision", "bf16", "--group_by_length", "1", "--progress", "0",
@@ -178,10 +179,10 @@ def test_precision_flag_runs_end_to_end(tiny_t5_dir, data_dir, tmp_path):
     assert args["precision"] == "bf16" and args["group_by_length"] == 1
 
 
+@pytest.mark.slow
 def test_benchmark_script_prints_the_table(data_dir):
-    proc = subprocess.run([sys.executable, "scripts/benchmark.py", "--shape", "tiny", "--steps", "2", "--eval_rows",
-                           "8", "--tasks", "cb", "--configs", "original,ours", "--data_dir", str(data_dir)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run_py(["scripts/benchmark.py", "--shape", "tiny", "--steps", "2", "--eval_rows", "8", "--tasks", "cb",
+                   "--configs", "original,ours", "--data_dir", str(data_dir)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| ours") or line.startswith("| original")]
     assert len(lines) == 2

@@ -1,11 +1,14 @@
 """scripts/split_boolq.py: a BoolQ training set cut from the validation file, disjoint, reproducible, readable."""
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
+from conftest import run_py
 from data_utils import TASKS, load_split
+
+pytestmark = pytest.mark.slow  # every test here runs scripts/split_boolq.py in a child process
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "split_boolq.py"
@@ -20,7 +23,7 @@ def write_val(root, n=11):
 
 
 def split(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    return run_py([SCRIPT, *args])
 
 
 def idx(path):

@@ -7,10 +7,25 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 import data_utils
+import models
+import prompts
 import train_utils as tu
+from prompts import SoftPrompt
 from res_mlp import build_reparam
 
 P = 4
+
+
+# Every test here runs anywhere (no ../shared): in this file `t5_tokenizer` is the T5 tokenizer written in conftest
+# and `data_dir` holds the 20 + 10 CB rows committed in tests/fixtures, not the real vocabulary and data.
+@pytest.fixture(scope="module")
+def t5_tokenizer(written_t5_tokenizer):
+    return written_t5_tokenizer
+
+
+@pytest.fixture(scope="module")
+def data_dir(fixture_data_dir):
+    return fixture_data_dir
 
 
 def tiny_model(seed=0, dropout=0.0):
@@ -22,7 +37,7 @@ def tiny_model(seed=0, dropout=0.0):
 
 def cb_split(tokenizer, data_dir, n=16, seq_len=512):
     rows = data_utils.load_split(data_utils.get_task("cb"), "train", str(data_dir))[:n]
-    return tu.encode_split(data_utils.get_task("cb"), rows, tokenizer, seq_len)
+    return models.PromptT5.encode_split(data_utils.get_task("cb"), rows, tokenizer, seq_len)
 
 
 # ---- optimizer ----------------------------------------------------------------------------------------------
@@ -60,23 +75,23 @@ def row_index_table(v=200, h=6):
 
 def test_vocab_init_takes_rows_of_the_table_and_reproduces_the_original_draws():
     table = row_index_table(32128)
-    prompt, ids = tu.init_prompt("vocab", table, 10, seed=0)
+    prompt, ids = prompts.init_prompt("vocab", table, 10, seed=0)
     assert prompt.shape == (10, 6)
     assert torch.equal(prompt[:, 0].long(), torch.as_tensor(ids))
     assert (prompt == prompt[:, :1]).all()
     # the original's prompt with numpy seeded 0 (golden/README.md: draws 11-20)
     assert list(ids) == [20757, 22258, 14116, 14935, 15430, 15832, 6744, 19852, 14650, 17089]
-    assert not torch.equal(tu.init_prompt("vocab", table, 10, seed=1)[0], prompt)
+    assert not torch.equal(prompts.init_prompt("vocab", table, 10, seed=1)[0], prompt)
 
 
 def test_vocab_top5000_init_samples_common_pieces_only():
-    prompt, ids = tu.init_prompt("vocab_top5000", row_index_table(32128), 200, seed=0)
+    prompt, ids = prompts.init_prompt("vocab_top5000", row_index_table(32128), 200, seed=0)
     assert ids.min() >= 3 and ids.max() < 5003
     assert torch.equal(prompt[:, 0].long(), torch.as_tensor(ids))
 
 
 def test_uniform_init_range_and_shape():
-    prompt, ids = tu.init_prompt("uniform", row_index_table(), 50, seed=0)
+    prompt, ids = prompts.init_prompt("uniform", row_index_table(), 50, seed=0)
     assert ids is None and prompt.shape == (50, 6)
     assert prompt.min() >= -0.5 and prompt.max() <= 0.5 and prompt.std() > 0.2
 
@@ -84,42 +99,42 @@ def test_uniform_init_range_and_shape():
 def test_class_label_init_averages_label_pieces_then_samples(t5_tokenizer):
     table = row_index_table(32128)
     words = data_utils.get_task("cb").label_words
-    prompt, _ = tu.init_prompt("class_labels", table, 5, seed=0, tokenizer=t5_tokenizer, label_words=words)
+    prompt, _ = prompts.init_prompt("class_labels", table, 5, seed=0, tokenizer=t5_tokenizer, label_words=words)
     for i, w in enumerate(words):
         pieces = t5_tokenizer(w, add_special_tokens=False)["input_ids"]
         assert prompt[i, 0].item() == pytest.approx(float(np.mean(pieces)))
     assert 3 <= prompt[3, 0] < 5003 and 3 <= prompt[4, 0] < 5003
     with pytest.raises(tu.ConfigError, match="label words"):
-        tu.init_prompt("class_labels", table, 5, seed=0, tokenizer=t5_tokenizer, label_words=())
+        prompts.init_prompt("class_labels", table, 5, seed=0, tokenizer=t5_tokenizer, label_words=())
 
 
 def test_file_init_checks_shape_dtype_and_pickle(tmp_path):
     table = row_index_table()
     good = tmp_path / "p.npy"
     np.save(good, np.full((P, 6), 0.25, dtype=np.float64))
-    prompt, _ = tu.init_prompt("file", table, P, seed=0, path=str(good))
+    prompt, _ = prompts.init_prompt("file", table, P, seed=0, path=str(good))
     assert prompt.dtype == torch.float32 and torch.all(prompt == 0.25)
     np.save(tmp_path / "shape.npy", np.zeros((P + 1, 6)))
     with pytest.raises(tu.ConfigError, match=r"shape \[5, 6\].*expected"):
-        tu.init_prompt("file", table, P, seed=0, path=str(tmp_path / "shape.npy"))
+        prompts.init_prompt("file", table, P, seed=0, path=str(tmp_path / "shape.npy"))
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(tu.ConfigError, match="pickle"):
-        tu.init_prompt("file", table, P, seed=0, path=str(tmp_path / "obj.npy"))
+        prompts.init_prompt("file", table, P, seed=0, path=str(tmp_path / "obj.npy"))
     np.save(tmp_path / "str.npy", np.array([["a"] * 6] * P))
     with pytest.raises(tu.ConfigError, match="numeric"):
-        tu.init_prompt("file", table, P, seed=0, path=str(tmp_path / "str.npy"))
+        prompts.init_prompt("file", table, P, seed=0, path=str(tmp_path / "str.npy"))
     with pytest.raises(tu.ConfigError, match="valid: vocab"):
-        tu.init_prompt("zeros", table, P, seed=0)
+        prompts.init_prompt("zeros", table, P, seed=0)
 
 
 # ---- model wrapper and steps --------------------------------------------------------------------------------
-def make_wrapper(reparam_name="MLP1", freeze=True, seed=0):
+def make_wrapper(reparam_name="MLP1", freeze=True, seed=0, tokenizer=None):
     model = tiny_model(seed)
-    tu.freeze_model(model, freeze, "xxxxxxx")
+    models.freeze_model(model, freeze, "xxxxxxx")
     torch.manual_seed(seed)
     prompt = torch.randn(P, 16) * 0.5
     reparam = build_reparam(reparam_name, 16, P, bottleneck=8)
-    return tu.PromptT5(model, prompt, reparam, seq_len=512)
+    return models.PromptT5(model, tokenizer, SoftPrompt(prompt, reparam), seq_len=512)
 
 
 def test_one_step_changes_only_prompt_and_mlp_when_frozen(t5_tokenizer, data_dir):
@@ -131,8 +146,9 @@ def test_one_step_changes_only_prompt_and_mlp_when_frozen(t5_tokenizer, data_dir
     wrapper.loss(batch, wrapper.projected_prompt()).backward()
     opt.step()
     changed = {n for n, p in wrapper.named_parameters() if not torch.equal(p, before[n])}
-    assert "prompt" in changed
-    assert {n for n in changed if n.startswith("reparam.")} == {n for n in before if n.startswith("reparam.")}
+    assert "soft_prompt.prompt" in changed
+    reparam = "soft_prompt.reparam."
+    assert {n for n in changed if n.startswith(reparam)} == {n for n in before if n.startswith(reparam)}
     assert not [n for n in changed if n.startswith("model.")]
 
 
@@ -167,8 +183,8 @@ def test_dynamic_padding_gives_the_loss_of_padding_to_seq_len(t5_tokenizer, data
 
 def test_full_finetuning_trains_the_model(t5_tokenizer, data_dir):
     model = tiny_model()
-    assert tu.freeze_model(model, False, "xxxxxxx") == sum(p.numel() for p in model.parameters())
-    wrapper = tu.PromptT5(model, None, None)
+    assert models.freeze_model(model, False, "xxxxxxx") == sum(p.numel() for p in model.parameters())
+    wrapper = models.PromptT5(model, None, None)
     assert wrapper.projected_prompt() is None
     split = cb_split(t5_tokenizer, data_dir, n=4)
     opt = tu.build_optimizer("legacy_adamw", wrapper, lr=3e-4)
@@ -180,22 +196,22 @@ def test_full_finetuning_trains_the_model(t5_tokenizer, data_dir):
 
 def test_freeze_except_keeps_matching_parameters_trainable():
     model = tiny_model()
-    n = tu.freeze_model(model, True, "shared")
+    n = models.freeze_model(model, True, "shared")
     assert n == model.shared.weight.numel()
     assert [name for name, p in model.named_parameters() if p.requires_grad] == ["shared.weight"]
 
 
 def test_evaluate_restores_modes_and_scores(t5_tokenizer, data_dir):
-    wrapper = make_wrapper("MLP1")
+    wrapper = make_wrapper("MLP1", tokenizer=t5_tokenizer)
     wrapper.train()
     split = cb_split(t5_tokenizer, data_dir, n=10)
     task = data_utils.get_task("cb")
-    res = tu.evaluate(wrapper, split, task, t5_tokenizer, batch_size=4, device="cpu")
+    res = tu.evaluate(wrapper, split, task, batch_size=4)
     assert wrapper.training and wrapper.model.training and wrapper.reparam.training
     assert len(res["predictions"]) == 10 and math.isfinite(res["loss"])
     assert len(res["metric"]) == 2 and res["score"] == pytest.approx(np.mean(res["metric"]))
     # batch size does not change predictions
-    res8 = tu.evaluate(wrapper, split, task, t5_tokenizer, batch_size=8, device="cpu", loss_batch_size=4)
+    res8 = tu.evaluate(wrapper, split, task, batch_size=8, loss_batch_size=4)
     assert res8["predictions"] == res["predictions"]
     assert res8["loss"] == pytest.approx(res["loss"], rel=1e-5)  # the loss keeps the batches of 4 it reports
     # ... and it is the mean of the per-batch mean token losses, as the original computed it

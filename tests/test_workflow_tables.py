@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from run_dirs import method_label
+from run_folder import method_label
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -178,7 +178,7 @@ def assert_png(path):
 
 
 def test_curves_are_means_and_stds_over_seeds(sweep, tmp_path, capsys):
-    runs, _ = plot_curves.run_dirs.find_runs([sweep])
+    runs, _ = plot_curves.run_folder.find_runs([sweep])
     stats = plot_curves.plot_curves(plot_curves.curves_frame(runs, []), ["cb", "rte_superglue"], tmp_path / "c.png")
     pt_cb = stats[(stats["label"] == "PT") & (stats["task"] == "cb")].set_index("epoch")
     assert pt_cb["score_mean"].tolist() == pytest.approx([55.0, 75.0])  # (50, 60, 55) and (70, 75, 80)
@@ -203,7 +203,7 @@ def test_plot_script_writes_curves_and_lr_plot(sweep, tmp_path, capsys):
         assert_png(png)
     assert "skipped 1 incomplete run(s)" in printed.err and "averages runs that differ" not in printed.err
 
-    runs, _ = plot_curves.run_dirs.find_runs([sweep])
+    runs, _ = plot_curves.run_folder.find_runs([sweep])
     df, skipped = plot_curves.lr_frame(runs, "best_val", ["lr"])
     assert skipped == []
     stats = plot_curves.plot_lr(df, ["cb", "rte_superglue"], "best_val", tmp_path / "lr.png")

@@ -1,0 +1,542 @@
+"""The run folder, save_dir/save_name: its one owner. Layout, the decision fresh/resume/complete, the lock, atomic
+writes, results.json, the final files, the resumable training state, the one list of non-run-defining arguments,
+rebuilding a trained prompt from a run (load_run), and reading finished runs for tables (find_runs, load_runs).
+
+    args.json        resolved arguments (written at the start)
+    results.json     scores, history, facts; "complete": true once the final evaluation is written
+    score_dict.npy   the original's score dictionary
+    prompt.npy       the best projected prompt [P, H]: all inference needs
+    checkpoint.pt    best trainable state (prompt, reparam, head) + projected prompt + args
+    model/           the model, when its weights trained (save_pretrained)
+    train_state.pt   while training: everything to continue exactly (removed once complete)
+    .lock            exists (locked with fcntl.flock) while a run writes the folder: pid and host
+
+Every file is written through a temporary file in the same folder, fsynced, then renamed over the old one, so a
+crash or a kill at any instant leaves either the previous file or the new one. Everything is loadable with
+``torch.load(path, weights_only=True)``: tensors, numbers, strings, lists and dicts only, never pickled objects.
+A run's folder holds a "complete" results.json only for the arguments that args.json and results.json record.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data_utils import TASKS
+from errors import ConfigError
+from train_utils import History, TrainState
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+ARGS, RESULTS, SCORES, PROMPT, CHECKPOINT = "args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"
+TRAIN_STATE, MODEL_DIR, LOCK = "train_state.pt", "model", ".lock"
+OUTPUTS = (RESULTS, CHECKPOINT, PROMPT, SCORES, TRAIN_STATE)  # files that make a folder a run's
+# Arguments that do not define a run: they may change when a run is resumed (another machine, paths, logging,
+# speed options that do not change numbers). The one list: resume checks and sweep tables both use it.
+NOT_DEFINING = {"save_dir", "save_name", "device", "progress", "overwrite", "resume", "save_every_steps", "data_dir",
+                "eval_batch_size", "fsdp", "compile"}
+# Arguments that make runs replicates of one another (averaged over in tables).
+REPLICATE_KEYS = {"seed", "data_seed"}
+METRICS = ("best_val", "test")  # --metric of the table scripts: results.json's best_val_score or test.score
+
+
+def atomic_write(path, write):
+    """write(f) into a temporary file beside ``path``, fsync, then os.replace it over ``path``. A failed write
+    (a full disk) leaves the previous file and raises OSError (train.py prints one line for it)."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except RuntimeError as e:  # torch.save reports a failed write (a full disk) as a RuntimeError
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        full = shutil.disk_usage(d).free < 2**20
+        raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else
+                      (str(e).strip().splitlines() or ["write failed"])[0][:150], path) from None
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_json(path, obj):
+    """Strict JSON (NaN and inf become null, so every JSON reader accepts the file)."""
+    text = json.dumps(_plain(obj), indent=2, allow_nan=False)
+    atomic_write(path, lambda f: f.write((text + "\n").encode()))
+
+
+def _plain(o):
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def save_npy(path, array, allow_pickle=False):
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=allow_pickle))
+
+
+# ---- RNG states as plain types ----------------------------------------------------------------------------------
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(s: dict) -> None:
+    version, internal, gauss = s["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(s["torch"])
+    kind, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+
+
+# ---- the resumable training state ---------------------------------------------------------------------------
+def save_train_state(path, state: TrainState, wrapper, optimizer, args: dict, elapsed_s: float, scaler=None,
+                     data_fingerprint=None):
+    """Everything needed to continue exactly: trainable state, optimizer, position, history, best, RNG, args."""
+    obj = {
+        "args": args, "epoch": state.epoch, "step": state.step, "elapsed_s": float(elapsed_s),
+        "partial": {"losses": [float(x) for x in state.partial["losses"]], "decoded": list(state.partial["decoded"]),
+                    "targets": list(state.partial["targets"])},
+        "history": vars(state.history), "best": state.best, "trainable": wrapper.trainable_state(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "rng": rng_state(), "data_fingerprint": data_fingerprint,
+    }
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# key -> accepted types of a train_state.pt (checked before anything is restored or written)
+_STATE_SCHEMA = {"args": dict, "epoch": int, "step": int, "elapsed_s": (int, float), "partial": dict,
+                 "history": dict, "best": (dict, type(None)), "trainable": dict, "optimizer": dict,
+                 "scaler": (dict, type(None)), "rng": dict}
+
+
+def load_train_state(path) -> dict:
+    """A train_state.pt, loaded with weights_only and checked for structure; ConfigError if it is not one."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: say so, never guess
+        raise ConfigError(f"cannot read the checkpoint {path} ({type(e).__name__}): pass --overwrite 1 to start "
+                          f"over") from None
+    problem = _state_problem(obj)
+    if problem:
+        raise ConfigError(f"{path} is not a training state of this program ({problem}): pass --overwrite 1 to "
+                          f"start over")
+    return obj
+
+
+def _state_problem(obj) -> str | None:
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}, not a dict"
+    for key, types in _STATE_SCHEMA.items():
+        if key not in obj:
+            return f"no {key!r}"
+        if not isinstance(obj[key], types) or isinstance(obj[key], bool):
+            return f"{key!r} is a {type(obj[key]).__name__}"
+    if obj["epoch"] < 0 or obj["step"] < 0:
+        return "negative epoch or step"
+    if set(obj["history"]) != set(History.__dataclass_fields__) or set(obj["partial"]) != {"losses", "decoded",
+                                                                                            "targets"}:
+        return "history or partial of another shape"
+    return None
+
+
+def restore_train_state(obj: dict, wrapper, optimizer, scaler=None) -> tuple[TrainState, float]:
+    """Put a loaded train_state back into the wrapper and optimizer; the RNG states last, so that what follows draws
+    exactly what the uninterrupted run drew. Returns (TrainState, seconds already spent). A state that does not
+    fit this run raises ConfigError before the wrapper is left half-restored for training."""
+    try:
+        if obj["best"] is not None:  # fits this wrapper? (loaded first: the current state then overwrites it)
+            wrapper.load_trainable_state(obj["best"])
+        wrapper.load_trainable_state(obj["trainable"])
+        optimizer.load_state_dict(obj["optimizer"])
+        if scaler is not None and obj["scaler"]:
+            scaler.load_state_dict(obj["scaler"])
+        state = TrainState(epoch=obj["epoch"], step=obj["step"], history=History(**obj["history"]),
+                           best=obj["best"], partial=obj["partial"])
+        set_rng_state(obj["rng"])
+    except ConfigError as e:
+        raise ConfigError(f"the checkpoint does not fit this run: {e}; pass --overwrite 1 to start over") from None
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+        raise ConfigError(f"the checkpoint's {type(e).__name__} ({str(e).splitlines()[0][:150] if str(e) else ''})"
+                          f" does not fit this run: pass --overwrite 1 to start over") from None
+    return state, float(obj["elapsed_s"])
+
+
+def differing_args(saved: dict, current: dict) -> list[str]:
+    """The run-defining arguments whose values differ: '--lr 0.3 (saved) != 0.1 (now)'."""
+    keys = sorted((set(saved) | set(current)) - NOT_DEFINING)
+    return [f"--{k} {saved.get(k)!r} (saved) != {current.get(k)!r} (now)" for k in keys
+            if saved.get(k) != current.get(k)]
+
+
+# ---- one run folder ----------------------------------------------------------------------------------------
+class RunFolder:
+    """save_dir/save_name: the decision fresh/resume/complete, the lock that keeps a second run out, and every
+    write (args.json, results.json, train_state.pt, the final files)."""
+
+    def __init__(self, path):
+        self.path = path
+        self._lock_fd = None
+        self._created = False
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    # -- claim: check writable, create, lock, decide -------------------------------------------------------
+    def claim(self, args, lock=True) -> tuple[str, dict | None]:
+        """-> ('fresh' | 'resume' | 'complete', the loaded training state or None). Refuses to clobber another
+        run. With ``lock`` (the writing process) the folder is created and locked first (fcntl.flock, released
+        when this process ends): a second run into it is refused, naming the first's pid and host."""
+        self._check_writable()
+        if lock:
+            self._lock()
+        try:
+            return self._decide(args)
+        except BaseException:
+            self.release()
+            raise
+
+    def _check_writable(self):
+        if os.path.lexists(self.path) and not os.path.exists(self.path):
+            raise ConfigError(f"run folder {self.path} is a broken symbolic link: remove it or choose another "
+                              f"--save_dir/--save_name")
+        existing = os.path.abspath(self.path)
+        while not os.path.isdir(existing):  # the nearest folder that exists: the run folder will be made inside it
+            if os.path.lexists(existing):
+                what = "a file" if os.path.exists(existing) else "a broken symbolic link"
+                raise ConfigError(f"cannot create run folder {self.path}: {existing} is {what}; "
+                                  f"choose another --save_dir")
+            existing = os.path.dirname(existing)
+        try:  # a real write (not os.access): catches read-only mounts, full disks and quota
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-") as f:
+                f.write(b"x" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise ConfigError(f"cannot write under {existing} ({e.strerror}); choose a writable --save_dir") from None
+
+    def _lock(self):
+        self._created = not os.path.isdir(self.path)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create run folder {self.path} ({e.strerror}); choose another --save_dir"
+                              ) from None
+        for _ in range(100):  # the lock file is removed on release: lock it, then check it is still the one there
+            fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise ConfigError(f"run folder {self.path} is in use by {holder}: wait for that run to end, or "
+                                  f"choose another --save_name") from None
+            try:
+                if os.stat(self.file(LOCK)).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # its holder removed it after we opened it: take the new one
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
+        for name in os.listdir(self.path):  # temporary files of writes cut short by kill -9 (we hold the lock)
+            if name.startswith(".tmp-"):
+                os.unlink(self.file(name))
+
+    def release(self):
+        """Unlock and remove the lock file; a folder this process created and left empty is removed again."""
+        if self._lock_fd is None:
+            return
+        os.unlink(self.file(LOCK))  # while still locked, so that no one can take a lock on a file about to go
+        os.close(self._lock_fd)
+        self._lock_fd = None
+        if self._created and not os.listdir(self.path):
+            os.rmdir(self.path)
+
+    def _decide(self, args):
+        taken = [f for f in OUTPUTS if os.path.exists(self.file(f))]
+        if not taken or args.overwrite:
+            return "fresh", None
+        if args.resume == "never":
+            raise ConfigError(f"run folder {self.path} already holds {', '.join(taken)}: pick another --save_name, "
+                              f"pass --resume auto to continue it, or --overwrite 1 to start over")
+        results = read_json(self.file(RESULTS), required=RESULTS in taken)
+        if os.path.exists(self.file(TRAIN_STATE)):
+            state = load_train_state(self.file(TRAIN_STATE))
+            mode, saved = "resume", state["args"]
+        else:
+            state, saved = None, read_json(self.file(ARGS), required=True)
+            # complete only when results.json says so for these very arguments (it records them)
+            done = results.get("complete") is True and not differing_args(results.get("args") or {}, saved)
+            mode = "complete" if done else "fresh"  # unfinished without a checkpoint: nothing to continue, start over
+        diff = differing_args(saved, vars(args))
+        if diff:
+            raise ConfigError(f"run folder {self.path} holds a run with other arguments ({'; '.join(diff)}): rerun "
+                              f"with its arguments, pick another --save_name, or pass --overwrite 1 to replace it")
+        return mode, state
+
+    # -- writes ---------------------------------------------------------------------------------------------
+    def start(self, args: dict):
+        """A fresh start: the previous run's outputs go first (results.json first: the folder never claims a result
+        its args.json does not describe), then args.json is written."""
+        os.makedirs(self.path, exist_ok=True)
+        for name in (RESULTS,) + tuple(o for o in OUTPUTS if o != RESULTS):
+            if os.path.exists(self.file(name)):
+                os.unlink(self.file(name))
+        if os.path.isdir(self.file(MODEL_DIR)):
+            shutil.rmtree(self.file(MODEL_DIR))
+        save_json(self.file(ARGS), args)
+
+    def write_args(self, args: dict):
+        save_json(self.file(ARGS), args)
+
+    def write_results(self, results: dict, history: History):
+        score_dict = {"val": {"acc": [e["metric"] for e in history.evals], "loss": [e["loss"] for e in history.evals]},
+                      "train": {"acc": history.train_acc, "loss": history.train_loss}}
+        save_npy(self.file(SCORES), score_dict, allow_pickle=True)
+        save_json(self.file(RESULTS), results)
+
+    def write_state(self, *a, **kw):
+        save_train_state(self.file(TRAIN_STATE), *a, **kw)
+
+    def save_final(self, best: dict, args: dict, history: History, wrapper=None):
+        """prompt.npy (the best projected prompt), checkpoint.pt, and model/ when model weights trained."""
+        if best["projected_prompt"] is not None:
+            # differs from original: it saved the final *raw* prompt; inference needs the best *projected* one.
+            save_npy(self.file(PROMPT), best["projected_prompt"].numpy())
+        extra = {"best_epoch": history.best_epoch,
+                 "best_val_score": None if history.best_epoch is None or not math.isfinite(history.best_score)
+                 else history.best_score}
+        obj = {"projected_prompt": best["projected_prompt"], "args": args, **extra,
+               **{k: v for k, v in best.items() if k not in ("projected_prompt", "model")}}
+        atomic_write(self.file(CHECKPOINT), lambda f: torch.save(obj, f))
+        if best.get("model") is not None and wrapper is not None:
+            wrapper.model.save_pretrained(self.file(MODEL_DIR))
+            wrapper.tokenizer.save_pretrained(self.file(MODEL_DIR))
+
+    def finish(self):
+        """After results.json says complete: the training state is no longer needed."""
+        if os.path.exists(self.file(TRAIN_STATE)):
+            os.unlink(self.file(TRAIN_STATE))
+
+
+def run_status(path) -> str:
+    """complete | failed (diverged: results.json holds an error) | partial | missing."""
+    results = read_json(os.path.join(path, RESULTS))
+    if results.get("complete") is True:
+        return "complete"
+    if results.get("error"):
+        return "failed"
+    return "partial" if os.path.isdir(path) and set(os.listdir(path)) - {LOCK} else "missing"
+
+
+def results_record(info: dict, history: History, final: dict | None, wall_time_s: float,
+                   test_history=False) -> dict:
+    """results.json: the run's facts (info), every validation, training losses, the best epoch, final scores;
+    ``test_history``: the test subset's scores at every validation (--test_eval_after_every_task 1)."""
+    best = None if history.best_epoch is None or not math.isfinite(history.best_score) else history.best_score
+    return {**info, "complete": False, "validation": history.evals,
+            "train": {"loss": history.train_loss, "acc": history.train_acc, "step_losses": history.step_losses},
+            "best_epoch": history.best_epoch, "best_val_score": best, "wall_time_s": round(wall_time_s, 3),
+            **({"test_history": history.test_evals} if test_history else {}), **(final or {})}
+
+
+def read_json(path, required=False):
+    """A JSON object from ``path`` ({} when absent or unreadable); ``required``: ConfigError unless it is a dict."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        obj = None
+    if isinstance(obj, dict):
+        return obj
+    if required:
+        raise ConfigError(f"{path} is not a JSON object of this program's: pass --overwrite 1 to start over, or "
+                          f"choose another --save_name")
+    return {}
+
+
+def load_run(path, model_name=None, device="cpu"):
+    """Rebuild a finished run's trained wrapper (best state) from its folder: (wrapper, args dict, results dict).
+    ``model_name`` overrides the recorded --model_name (e.g. the model moved)."""
+    from argparse import Namespace
+
+    import data_utils
+    import models
+
+    args = read_json(os.path.join(path, ARGS), required=True)
+    built = Namespace(**{**args, "prompt_init": "uniform", "prefix_path": ""})  # the prompt is then loaded
+    results = read_json(os.path.join(path, RESULTS), required=True)
+    if results.get("complete") is not True:
+        raise ConfigError(f"{path} is not a finished run (results.json says complete: {results.get('complete')})")
+    ckpt = torch.load(os.path.join(path, CHECKPOINT), map_location="cpu", weights_only=True)
+    name = model_name or (os.path.join(path, MODEL_DIR) if os.path.isdir(os.path.join(path, MODEL_DIR))
+                          else args["model_name"])
+    model, tokenizer = models.load_model(name)
+    wrapper, _ = models.build_model(model, tokenizer, built, data_utils.get_task(args["task"]))
+    state = {k: v for k, v in ckpt.items() if k in ("prompt", "reparam", "head")}
+    wrapper.load_trainable_state({**state, "model": None})
+    return wrapper.to(device).eval(), args, results
+
+
+# ---- finished runs, for tables and plots ---------------------------------------------------------------------
+@dataclass
+class Run:
+    path: str
+    args: dict
+    results: dict
+
+    @property
+    def task(self) -> str:
+        return self.results.get("task") or self.args["task"]
+
+    @property
+    def method(self) -> str:
+        return method_label(self.args)
+
+
+def method_label(args: dict) -> str:
+    """The method a run trains, named as in the paper's tables.
+
+    prefix_len 0 -> "Fine-tuning"; prefix_MLP None -> "PT" (Lester et al.); a network with the skip connection ->
+    "Residual PT (MLP1)"; without it -> "PT + MLP1 (no residual)" (same rule for MLP2, LSTM*, transformer).
+    A prompt trained together with model weights adds " + fine-tuning" (--freeze_weights 0) or
+    " + 'shared' trained" (--freeze_except shared).
+    """
+    if int(args.get("prefix_len", 10)) == 0:
+        return "Fine-tuning"
+    net = str(args.get("prefix_MLP", "None"))
+    if net == "None":
+        label = "PT"
+    elif int(args.get("residual", 1)):
+        label = f"Residual PT ({net})"
+    else:
+        label = f"PT + {net} (no residual)"
+    if not int(args.get("freeze_weights", 0)):
+        label += " + fine-tuning"
+    elif str(args.get("freeze_except", "xxxxxxx")).strip("x"):  # train.py's test for a pattern that matches
+        label += f" + '{args['freeze_except']}' trained"
+    return label
+
+
+def method_rank(label: str) -> tuple:
+    """Row order of tables and legends: fine-tuning, PT, Residual PT, other reparameterizations."""
+    for i, prefix in enumerate(("Fine-tuning", "PT", "Residual PT", "PT + ")):
+        if label == prefix or (i >= 2 and label.startswith(prefix)):
+            return i, label
+    return 4, label
+
+
+def task_rank(task: str) -> tuple:
+    """Column order: the task registry's (GLUE, then SuperGLUE as in the paper), unknown names last."""
+    order = list(TASKS)
+    return (order.index(task), task) if task in order else (len(order), task)
+
+
+def find_runs(paths) -> tuple[list[Run], list[str]]:
+    """Every run directory under ``paths`` (recursive; a path may be a run directory itself), each once.
+    Returns (complete runs sorted by path, paths of incomplete runs: results.json says complete false or is
+    unreadable). A missing path raises FileNotFoundError."""
+    found = set()
+    for root in paths:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root} is not a directory")
+        for d, dirs, files in os.walk(root):
+            dirs.sort()
+            if "args.json" in files and "results.json" in files:
+                found.add(os.path.realpath(d))
+    runs, incomplete = [], []
+    for d in sorted(found):
+        try:
+            with open(os.path.join(d, "args.json")) as f:
+                args = json.load(f)
+            with open(os.path.join(d, "results.json")) as f:
+                results = json.load(f)
+        except (OSError, ValueError):
+            incomplete.append(d)
+            continue
+        (runs.append(Run(d, args, results)) if results.get("complete") is True else incomplete.append(d))
+    return runs, incomplete
+
+
+def score(run: Run, metric: str) -> float | None:
+    """The run's score for --metric (best_val: best_val_score; test: test.score), or None where it has none."""
+    if metric == "best_val":
+        return run.results.get("best_val_score")
+    return (run.results.get("test") or {}).get("score")
+
+
+def check_group_by(runs: list[Run], group_by: list[str]) -> None:
+    """Every --group_by name must be an argument the runs recorded (other than task: tasks are the columns)."""
+    if "task" in group_by or len(set(group_by)) < len(group_by):
+        raise ValueError(f"--group_by {','.join(group_by)}: name each argument once, and not task (every task is "
+                         f"a column already)")
+    known = set().union(*(r.args for r in runs)) if runs else set()
+    unknown = [g for g in group_by if g not in known]
+    if unknown:
+        raise ValueError(f"--group_by {','.join(unknown)}: not an argument in the runs' args.json; "
+                         f"valid: {', '.join(sorted(known))}")
+
+
+def mixed_arguments(runs: list[Run]) -> dict[str, list]:
+    """Arguments (other than seeds and bookkeeping) whose values differ among ``runs`` -> sorted distinct values."""
+    keys = set().union(*(r.args for r in runs)) - REPLICATE_KEYS - NOT_DEFINING
+    out = {}
+    for k in sorted(keys):
+        values = {json.dumps(r.args.get(k), sort_keys=True) for r in runs}
+        if len(values) > 1:
+            out[k] = sorted(json.loads(v) for v in values) if _sortable(values) else [json.loads(v) for v in values]
+    return out
+
+
+def _sortable(values):
+    try:
+        sorted(json.loads(v) for v in values)
+        return True
+    except TypeError:
+        return False
+
+
+def load_runs(paths, group_by_text: str, prog: str):
+    """What make_table.py and plot_curves.py start with: (complete runs, the --group_by keys). Incomplete runs are
+    named in a warning on stderr; no complete run, or an unknown --group_by key, raises ValueError."""
+    group_by = [g for g in group_by_text.split(",") if g]
+    runs, incomplete = find_runs(paths)
+    if not runs:
+        raise ValueError(f"no complete run (a folder with args.json and results.json whose complete is true) "
+                         f"under {', '.join(paths)}")
+    check_group_by(runs, group_by)
+    if incomplete:
+        print(f"{prog}: warning: skipped {len(incomplete)} incomplete run(s): {', '.join(incomplete)}",
+              file=sys.stderr)
+    return runs, group_by

@@ -1,0 +1,275 @@
+"""Reliability II: no silent wrong result, every bad input a one-line error (exit 2), every stop request exit 75.
+
+Each refusal case checks: exit 2, exactly one stderr line, no traceback, no file of the workspace changed, and
+nothing written anywhere but (at most) inside save_dir/save_name. Subprocess runs: marked slow."""
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_py
+
+pytestmark = pytest.mark.slow
+ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(Path(folder).rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def ws(tiny_t5_dir, data_dir, tmp_path_factory):
+    """Workspace: a finished run, an interrupted run with a checkpoint, model and data variants, prompt files."""
+    w = tmp_path_factory.mktemp("rel")
+    cb = data_dir / "super_glue" / "CB"
+    rows = [json.loads(line) for line in (cb / "train.jsonl").read_text().splitlines()]
+
+    def data(name, edit=None):
+        d = w / name / "super_glue" / "CB"
+        d.mkdir(parents=True)
+        out = [dict(r) for r in rows]
+        if edit:
+            edit(out)
+        (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
+        shutil.copy(cb / "val.jsonl", d / "val.jsonl")
+
+    data("good")
+    data("other", lambda rs: rs[0].update(premise=rs[0]["premise"] + " (edited)"))
+    data("null", lambda rs: rs[1].update(premise=None))
+    notok = w / "no_tokenizer"
+    notok.mkdir()
+    for f in tiny_t5_dir.iterdir():
+        if f.name.startswith(("config", "generation")) or f.suffix == ".safetensors":
+            shutil.copy(f, notok / f.name)
+    nolayers = w / "no_layers"
+    shutil.copytree(tiny_t5_dir, nolayers)
+    cfg = json.loads((nolayers / "config.json").read_text())
+    (nolayers / "config.json").write_text(json.dumps({**cfg, "num_layers": 0, "num_decoder_layers": 0}))
+    np.savez(w / "p.npz", a=np.zeros((10, 32), np.float32))
+    (w / "zero.npy").write_bytes(b"")
+    np.save(w / "huge.npy", np.full((10, 32), 1e300))
+    with open(w / "claims.npy", "wb") as f:  # a header claiming a (1e9, 1e6) array, and no data
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 10**6)})
+    os.symlink(w / "nowhere", w / "dangling")
+
+    base = base_args(tiny_t5_dir, w)
+    assert run(base + ["--save_name", "finished"]).returncode == 0
+    stopped = run_py(["tests/fault_runner.py", "term_at_step:1", "--", *base, "--save_name", "interrupted",
+                      "--batch_size", "2"], env=ENV)
+    assert stopped.returncode == 75, stopped.stderr
+    return w
+
+
+def base_args(model, w):
+    return ["--task", "cb", "--data_dir", str(w / "good"), "--model_name", str(model), "--freeze_weights", "1",
+            "--select_k_per_class", "2", "--limit_val_set", "2", "--num_epochs", "2", "--save_dir", str(w / "runs"),
+            "--progress", "0"]
+
+
+def run(args, env=None):
+    return run_py(["train.py", *args], env={**ENV, **(env or {})})
+
+
+def copy_run(ws, name, new):
+    shutil.copytree(ws / "runs" / name, ws / "runs" / new)
+    return ws / "runs" / new
+
+
+def refused(ws, args, expect, env=None, cwd_check=True):
+    before = snapshot(ws)
+    proc = run(args, env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert expect in lines[0], lines[0]
+    after = snapshot(ws)
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))[:5]
+    return lines[0]
+
+
+# (extra arguments, expected text); {w}: the workspace, {m}: the tiny model. Later flags override earlier ones.
+CASES = [
+    (["--model_name", "{w}/no_tokenizer"], "has no tokenizer files"),
+    (["--model_name", "{w}/no_layers"], "no layers"),
+    (["--lr", "inf"], "learning rates must be positive"),
+    (["--lr", "nan"], "learning rates must be positive"),
+    (["--weight_decay", "inf"], "--weight_decay must be >= 0 and finite"),
+    (["--weight_decay", "nan"], "--weight_decay must be >= 0 and finite"),
+    (["--prefix_path", "{w}/huge.npy"], "NaN or inf"),
+    (["--prefix_path", "{w}/p.npz"], "archive"),
+    (["--prefix_path", "{w}/zero.npy"], "not a .npy array"),
+    (["--prefix_path", "{w}/claims.npy"], "shape [1000000000, 1000000]"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967295]"),
+    (["--seed", "4294967296"], "--seed must be in"),
+    (["--data_seed", "-1"], "--data_seed must be in"),
+    (["--save_dir", "{w}/dangling"], "broken symbolic link"),
+    (["--save_name", "x" * 300], "bytes long"),
+    (["--save_name", "../../x"], "plain folder name"),
+    (["--save_name", "/tmp/abs"], "plain folder name"),
+    (["--save_name", ""], "plain folder name"),
+    (["--device", "meta"], "not a device name"),
+    (["--prefix_len", "1000000", "--seq_len", "2000000"], "out of memory"),
+    (["--data_dir", "{w}/null"], "field 'premise'"),
+]
+
+
+@pytest.mark.parametrize("extra, expect", CASES, ids=[" ".join(c[0])[:40] for c in CASES])
+def test_bad_input_is_one_line_exit_2(ws, tiny_t5_dir, extra, expect):
+    extra = [a.format(w=ws, m=tiny_t5_dir) for a in extra]
+    args = base_args(tiny_t5_dir, ws) + ["--save_name", "new"] + extra
+    refused(ws, args, expect)
+
+
+@pytest.mark.parametrize("env, expect", [({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a number"),
+                                         ({"WORLD_SIZE": "2"}, "not a valid torchrun environment")])
+def test_bad_torchrun_environment(ws, tiny_t5_dir, env, expect):
+    refused(ws, base_args(tiny_t5_dir, ws) + ["--save_name", "new"], expect, env=env)
+
+
+def _bad_state(path, obj):
+    torch.save(obj, path / "train_state.pt")
+
+
+STATE_EDITS = {
+    "dict": lambda p, s: _bad_state(p, {"foo": 1}),
+    "list": lambda p, s: _bad_state(p, [1, 2]),
+    "checkpoint": lambda p, s: shutil.copy(p.parent / "finished" / "checkpoint.pt", p / "train_state.pt"),
+    "epoch_str": lambda p, s: _bad_state(p, {**s, "epoch": "1"}),
+    "args_list": lambda p, s: _bad_state(p, {**s, "args": [1]}),
+    "prompt_shape": lambda p, s: _bad_state(p, {**s, "trainable": {**s["trainable"], "prompt": torch.zeros(3, 3)}}),
+    "rng": lambda p, s: _bad_state(p, {**s, "rng": {"python": 1}}),
+    "optimizer": lambda p, s: _bad_state(p, {**s, "optimizer": {"state": {}, "param_groups": []}}),
+}
+
+
+@pytest.mark.parametrize("edit", list(STATE_EDITS))
+def test_training_state_of_the_wrong_structure_is_refused(ws, tiny_t5_dir, edit):
+    folder = copy_run(ws, "interrupted", f"state_{edit}")
+    STATE_EDITS[edit](folder, torch.load(folder / "train_state.pt", weights_only=True))
+    refused(ws, base_args(tiny_t5_dir, ws) + ["--save_name", folder.name, "--batch_size", "2"],
+            "--overwrite 1")
+
+
+@pytest.mark.parametrize("name, text", [("results.json", "[]"), ("results.json", "1"), ("args.json", "[1]")])
+def test_finished_run_files_of_the_wrong_structure_are_refused(ws, tiny_t5_dir, name, text):
+    folder = copy_run(ws, "finished", f"files_{name}_{len(text)}{text[0]}")
+    (folder / name).write_text(text)
+    refused(ws, base_args(tiny_t5_dir, ws) + ["--save_name", folder.name], "is not a JSON object")
+
+
+def test_resume_against_other_data_is_refused(ws, tiny_t5_dir):
+    folder = copy_run(ws, "interrupted", "other_data")
+    args = base_args(tiny_t5_dir, ws) + ["--save_name", folder.name, "--batch_size", "2",
+                                         "--data_dir", str(ws / "other")]
+    refused(ws, args, "the data differs")
+
+
+def test_results_record_the_data_fingerprint_and_the_arguments(ws):
+    res = json.loads((ws / "runs" / "finished" / "results.json").read_text())
+    assert len(res["data_fingerprint"]) == 64 and res["args"]["lr"] == 0.3 and "save_dir" not in res["args"]
+
+
+def test_a_stale_folder_never_claims_complete(ws, tiny_t5_dir):
+    """Over a finished run, --overwrite 1 --lr 0.1 killed early; the old command again must not say complete."""
+    folder = copy_run(ws, "finished", "stale")
+    base = base_args(tiny_t5_dir, ws) + ["--save_name", folder.name]
+    killed = run_py(["tests/fault_runner.py", "kill_at_step:2", "--", *base, "--overwrite", "1", "--lr", "0.1"],
+                    env=ENV)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (folder / "results.json").exists() or not json.loads((folder / "results.json").read_text())["complete"]
+    again = run(base)
+    assert "already complete" not in again.stdout
+    assert again.returncode == 2 and "--lr 0.1 (saved) != 0.3 (now)" in again.stderr
+
+
+def test_kill_before_the_first_checkpoint_then_rerun_starts_over(ws, tiny_t5_dir):
+    """Killed after the first results.json, before any train_state.pt: the same command runs the run again."""
+    base = base_args(tiny_t5_dir, ws) + ["--save_name", "early", "--batch_size", "2"]
+    killed = run_py(["tests/fault_runner.py", "kill_at_step:5", "--", *base], env=ENV)  # epoch 1: results.json exists
+    folder = ws / "runs" / "early"
+    assert killed.returncode == -signal.SIGKILL and (folder / "results.json").exists()
+    os.unlink(folder / "train_state.pt")  # as if killed before the first checkpoint
+    (folder / ".tmp-leftover").write_bytes(b"a write cut short")
+    again = run(base)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((folder / "results.json").read_text())["complete"] is True
+    assert not [p for p in folder.iterdir() if p.name.startswith((".tmp-", ".lock"))]
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(ws, tiny_t5_dir):
+    folder = ws / "runs" / "locked"
+    folder.mkdir()
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.write("pid 12345 on host elsewhere\n")
+        f.flush()
+        line = refused(ws, base_args(tiny_t5_dir, ws) + ["--save_name", "locked"], "is in use by")
+    assert "pid 12345 on host elsewhere" in line
+
+
+def test_two_runs_at_once_never_mix_one_folder(ws, tiny_t5_dir):
+    base = base_args(tiny_t5_dir, ws) + ["--save_name", "race", "--num_epochs", "3"]
+    first = subprocess.Popen([sys.executable, "train.py", *base], cwd=ROOT, env={**os.environ, **ENV},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (ws / "runs" / "race" / ".lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = run(base + ["--lr", "0.1", "--overwrite", "1"])
+    first.communicate(timeout=600)
+    assert first.returncode == 0
+    if second.returncode != 0:  # refused while the first held the folder
+        assert second.returncode == 2 and "is in use by pid" in second.stderr
+        args = json.loads((ws / "runs" / "race" / "args.json").read_text())
+        assert args["lr"] == 0.3
+    res = json.loads((ws / "runs" / "race" / "results.json").read_text())
+    assert res["args"] == {k: v for k, v in json.loads((ws / "runs" / "race" / "args.json").read_text()).items()
+                           if k in res["args"]}
+
+
+def _start(args, wait_for):
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env={**os.environ, **ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not wait_for() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_request_at_start_up_exits_75(ws, tiny_t5_dir, sig):
+    """Before training starts (the folder is claimed, nothing trained): exit 75 with one line; rerun completes."""
+    args = base_args(tiny_t5_dir, ws) + ["--save_name", f"startup_{sig.name}"]
+    proc = _start(args, lambda: (ws / "runs" / f"startup_{sig.name}" / ".lock").exists())
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 75, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert run(args).returncode == 0
+
+
+def test_sigint_in_the_loop_checkpoints_and_says_so(ws, tiny_t5_dir):
+    args = base_args(tiny_t5_dir, ws) + ["--save_name", "ctrl_c", "--batch_size", "1", "--save_every_steps", "1"]
+    folder = ws / "runs" / "ctrl_c"
+    proc = _start(args, lambda: (folder / "train_state.pt").exists())
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 75 and "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "run the same command again" in err.splitlines()[-1]
+    assert run(args).returncode == 0
+
+
+def test_after_exit_75_the_hint_warns_about_overwrite(ws, tiny_t5_dir):
+    args = base_args(tiny_t5_dir, ws) + ["--save_name", "ow", "--batch_size", "1", "--overwrite", "1"]
+    stopped = run_py(["tests/fault_runner.py", "term_at_step:2", "--", *args], env=ENV)
+    assert stopped.returncode == 75 and "WITHOUT --overwrite 1" in stopped.stderr
