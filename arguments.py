@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 import re
+import sys
 
 from data_utils import TASKS
 from distributed import world_size
@@ -15,6 +16,7 @@ from errors import ConfigError
 from models import POOLINGS, PRECISIONS, default_pooling
 from prompts import INITIALIZERS
 from res_mlp import REPARAM_NAMES, USES_MLP_OPTIONS
+from tracking import check_available
 from train_utils import OPTIMIZERS as OPTIMIZER_NAMES
 
 EXIT_BAD_INPUT = 2
@@ -112,7 +114,12 @@ def build_parser(description: str = "") -> Parser:
     a("--fsdp", type=int, default=0, choices=[0, 1],
       help="1: with torchrun, shard the frozen model's weights over the processes (FSDP2), for models too large "
            "for one GPU")
-    a("--progress", type=int, default=1, choices=[0, 1], help="tqdm progress bars")
+    a("--progress", type=int, default=None, choices=[0, 1],
+      help="tqdm progress bars (default: only when stderr is a terminal; a log file gets one line per epoch)")
+    a("--log_every_steps", type=int, default=50,
+      help="also append the mean training loss to metrics.jsonl (and the tracker) every N steps (0: evaluations only)")
+    a("--report_to", type=str, default="none", choices=["none", "tensorboard", "wandb"],
+      help="experiment tracking: step loss, lr, every evaluation metric, the arguments as config (lazy imports)")
     return p
 
 
@@ -148,6 +155,7 @@ def check_args(args):
         raise ConfigError(f"--freeze_except {args.freeze_except!r} only acts with --freeze_weights 1 "
                           f"(now every weight trains): add --freeze_weights 1 or drop it")
     _resolve_prompt_init(args)
+    check_available(args.report_to)
     if args.pooling == "auto" and default_pooling(args.model_name) == "mean":
         args.pooling = "mean"  # recorded in args.json as what the run used
     _check_processes(args)
@@ -155,6 +163,8 @@ def check_args(args):
         print("note: --test_eval_after_every_task 1 without --get_test_subset: the final state is re-scored on "
               "the validation split at the end (final_eval in results.json)")
     args.eval_batch_size = args.eval_batch_size or 4 * args.batch_size
+    if args.progress is None:
+        args.progress = int(sys.stderr.isatty())
     if args.eval_every == 0:  # the original's rule (train.py)
         args.eval_every = 1 if args.num_epochs <= 50 else 5 if args.num_epochs <= 200 else 25
     return args
@@ -164,7 +174,8 @@ def _check_numbers(args):
     for name in ("batch_size", "num_epochs", "seq_len", "bottleneck_size"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    for name in ("prefix_len", "train_eval_batches", "eval_every", "eval_batch_size", "save_every_steps"):
+    for name in ("prefix_len", "train_eval_batches", "eval_every", "eval_batch_size", "save_every_steps",
+                 "log_every_steps"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ("select_k_per_class", "limit_val_set"):

@@ -171,15 +171,26 @@ class PromptT5(PromptedModel):
         mask = torch.cat([mask.new_ones(b, prompt.shape[0]), mask], dim=1)  # [B, P+T]
         return embeds[:, :self.seq_len], mask[:, :self.seq_len]
 
-    def _forward(self, batch, prompt):
+    def _forward(self, batch, prompt, encoded=None, hf_loss=True, cross_cache=None):
+        """The teacher-forced forward. ``encoded``: (encoder output, mask) of this batch from ``encode``, which then
+        is not run again; ``cross_cache``: the decoder's cross-attention keys and values of that output, computed by
+        generate (see evaluate_batch), which then are not computed again; ``hf_loss`` False: no transformers loss
+        (token_losses computes its own)."""
         source_ids, target_ids = batch["source_ids"], batch["target_ids"]
         labels = target_ids.masked_fill(target_ids == self.pad_id, -100)  # [B, L]
-        embeds, mask = self.encoder_inputs(source_ids, prompt)
-        inputs = {"input_ids": source_ids[:, :self.seq_len]} if embeds is None else {"inputs_embeds": embeds}
+        if encoded is None:
+            embeds, mask = self.encoder_inputs(source_ids, prompt)
+            inputs = {"input_ids": source_ids[:, :self.seq_len]} if embeds is None else {"inputs_embeds": embeds}
+        else:
+            inputs, mask = {"encoder_outputs": encoded[0]}, encoded[1]
+        # the decoder reads labels shifted right (what transformers does with labels=), without its loss when unused
+        targets = {"labels": labels} if hf_loss else {
+            "decoder_input_ids": self.model.prepare_decoder_input_ids_from_labels(labels)}
         # differs from original (validation only): its validation loss passed the un-prefixed source mask, hiding
         # the last P real source tokens from cross-attention; here the loss always uses the mask the encoder got.
+        cache = {"use_cache": False} if cross_cache is None else _with_cross_cache(self.model, cross_cache)
         with self.autocast():
-            out = self.model(**inputs, attention_mask=mask, labels=labels,
+            out = self.model(**inputs, attention_mask=mask, **targets, **cache,
                              decoder_attention_mask=(target_ids != self.pad_id).long())
         return out, labels
 
@@ -187,11 +198,11 @@ class PromptT5(PromptedModel):
         """Mean cross-entropy over the non-pad target tokens (transformers' own, as the original's loss)."""
         return self._forward(batch, prompt)[0].loss.float()
 
-    def token_losses(self, batch, prompt=None):
+    def token_losses(self, batch, prompt=None, encoded=None, cross_cache=None):
         """Per example: the sum of target-token cross-entropies and the number of target tokens ([B], [B]); sum /
         count over a batch is ``loss``, and per-example sums let evaluation rebuild the original's batch means
-        whatever batch size it runs with."""
-        out, labels = self._forward(batch, prompt)
+        whatever batch size it runs with. ``encoded``, ``cross_cache``: see _forward."""
+        out, labels = self._forward(batch, prompt, encoded, hf_loss=False, cross_cache=cross_cache)
         logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()  # fp32 at least
         # [B*L, V] rows, as transformers computes its loss: the same kernel gives the same per-token values
         ce = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
@@ -202,23 +213,50 @@ class PromptT5(PromptedModel):
         return (batch["target_ids"] != self.pad_id).sum()
 
     @torch.no_grad()
-    def generate(self, source_ids, max_length, prompt=None, synced=False):
-        """Greedy decoding of max_length - 1 tokens after the decoder start (the original's generate(max_length)).
-        ``synced``: several processes decode together (sharded weights need every rank in every step)."""
+    def encode(self, source_ids, prompt=None):
+        """The encoder, once: -> (encoder output [B, T', H], attention mask [B, T']), what ``encoded`` takes in
+        token_losses, generate and decode; the same call as theirs, so the same numbers."""
         embeds, mask = self.encoder_inputs(source_ids, prompt)
-        kwargs = dict(attention_mask=mask, max_new_tokens=max_length - 1, do_sample=False, num_beams=1, use_cache=True,
-                      synced_gpus=synced)
+        inputs = {"input_ids": source_ids[:, :self.seq_len]} if embeds is None else {"inputs_embeds": embeds}
         with self.autocast():
-            if embeds is None:
-                return self.model.generate(input_ids=source_ids[:, :self.seq_len], **kwargs)
-            return self.model.generate(inputs_embeds=embeds, **kwargs)
+            return self.model.get_encoder()(**inputs, attention_mask=mask, return_dict=True), mask
 
     @torch.no_grad()
-    def decode(self, batch, prompt, max_length, synced=False):
+    def generate(self, source_ids, max_length, prompt=None, synced=False, encoded=None, return_cache=False):
+        """Greedy decoding of max_length - 1 tokens after the decoder start (the original's generate(max_length)).
+        ``synced``: several processes decode together (sharded weights need every rank in every step).
+        ``encoded``: (encoder output, mask) from ``encode``; the encoder is then not run again. ``return_cache``
+        (with ``encoded``): -> (token ids, the decoder's cross-attention cache or None), for token_losses."""
+        kwargs = dict(max_new_tokens=max_length - 1, do_sample=False, num_beams=1, use_cache=True,
+                      synced_gpus=synced)
+        if encoded is not None:
+            with self.autocast():
+                out = self.model.generate(encoder_outputs=encoded[0], attention_mask=encoded[1],
+                                          return_dict_in_generate=return_cache, **kwargs)
+            return (out.sequences, _cross_cache_of(out, encoded[0])) if return_cache else out
+        embeds, mask = self.encoder_inputs(source_ids, prompt)
+        with self.autocast():
+            if embeds is None:
+                return self.model.generate(input_ids=source_ids[:, :self.seq_len], attention_mask=mask, **kwargs)
+            return self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+    @torch.no_grad()
+    def decode(self, batch, prompt, max_length, synced=False, encoded=None):
         """-> (generated strings, target strings) of a batch, the two lists data_utils.evaluate compares."""
-        out = self.generate(batch["source_ids"], max_length, prompt, synced=synced)
+        out = self.generate(batch["source_ids"], max_length, prompt, synced=synced, encoded=encoded)
         return (self.tokenizer.batch_decode(out.tolist(), skip_special_tokens=False),
                 self.tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False))
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch, prompt, max_length, synced=False):
+        """decode + token_losses with one encoder pass, whose output both read, and the decoder's cross-attention
+        keys and values computed once, by generate, and reused by the loss: -> (generated strings, target strings,
+        [B] loss sums, [B] target counts), the same numbers as the two calls (tests/test_eval_speed.py)."""
+        encoded = self.encode(batch["source_ids"], prompt)
+        ids, cross_cache = self.generate(batch["source_ids"], max_length, prompt, synced, encoded, return_cache=True)
+        sums, counts = self.token_losses(batch, prompt, encoded, cross_cache)
+        return (self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=False),
+                self.tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False), sums, counts)
 
     @staticmethod
     def encode_split(task, rows, tokenizer, seq_len, groups=None, official_groups=None) -> EncodedSplit:
@@ -226,6 +264,30 @@ class PromptT5(PromptedModel):
         return EncodedSplit(data_utils.encode_batch(tokenizer, list(sources), seq_len),
                             data_utils.encode_batch(tokenizer, list(targets), task.target_len),
                             groups, official_groups, tokenizer.pad_token_id)
+
+
+def _cross_cache_of(generated, encoder_output):
+    """The cross-attention part of generate's cache (transformers' EncoderDecoderCache: one key and value tensor
+    per decoder layer, from the encoder output), or None where this transformers version returns none that fits
+    (the loss then computes its own)."""
+    cache = getattr(generated, "cache", None) or getattr(generated, "past_key_values", None)
+    cross = getattr(cache, "cross_attention_cache", None)
+    layers = getattr(cross, "layers", None)
+    batch = encoder_output.last_hidden_state.shape[0]
+    if not layers or any(getattr(l, "keys", None) is None or l.keys.shape[0] != batch for l in layers):
+        return None
+    return cross
+
+
+def _with_cross_cache(model, cross_cache):
+    """The forward's keyword arguments that hand it a cache holding ``cross_cache`` (an empty self-attention cache
+    beside it): the decoder then reads the cross-attention keys and values instead of computing them."""
+    import inspect
+
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: EncoderDecoderCache(DynamicCache(), cross_cache), "use_cache": True}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -300,6 +362,18 @@ class PromptedEncoderClassifier(PromptedModel):
         if self.regression:
             return [f"{v:.6f}" for v in out.clamp(*STSB_RANGE).tolist()], [f"{g:.6f}" for g in gold]
         return [self.label_words[i] for i in out.argmax(-1).tolist()], [self.label_words[g] for g in gold]
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch, prompt, max_length=None, synced=False):
+        """decode + token_losses from one predict(): -> (predicted strings, target strings, [B] losses, [B] ones),
+        the same numbers as the two calls (tests/test_eval_speed.py)."""
+        out, gold = self.predict(batch["source_ids"], prompt), batch["target_ids"][:, 0]  # [B] or [B, C], [B]
+        values = gold.tolist()
+        if self.regression:
+            return ([f"{v:.6f}" for v in out.clamp(*STSB_RANGE).tolist()], [f"{g:.6f}" for g in values],
+                    (out - gold.to(out.dtype)) ** 2, torch.ones_like(out, dtype=torch.long))
+        return ([self.label_words[i] for i in out.argmax(-1).tolist()], [self.label_words[g] for g in values],
+                nn.functional.cross_entropy(out, gold, reduction="none"), torch.ones_like(gold))
 
     @staticmethod
     def encode_split(task, rows, tokenizer, seq_len, groups=None, official_groups=None) -> EncodedSplit:

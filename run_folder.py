@@ -42,11 +42,12 @@ os.umask(_UMASK)
 
 ARGS, RESULTS, SCORES, PROMPT, CHECKPOINT = "args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"
 TRAIN_STATE, MODEL_DIR, LOCK = "train_state.pt", "model", ".lock"
+METRICS_LOG, ALL_RESULTS = "metrics.jsonl", "all_results.json"  # transformers-style outputs beside results.json
 OUTPUTS = (RESULTS, CHECKPOINT, PROMPT, SCORES, TRAIN_STATE)  # files that make a folder a run's
 # Arguments that do not define a run: they may change when a run is resumed (another machine, paths, logging,
 # speed options that do not change numbers). The one list: resume checks and sweep tables both use it.
 NOT_DEFINING = {"save_dir", "save_name", "device", "progress", "overwrite", "resume", "save_every_steps", "data_dir",
-                "eval_batch_size", "fsdp", "compile"}
+                "eval_batch_size", "fsdp", "compile", "log_every_steps", "report_to"}
 # Arguments that make runs replicates of one another (averaged over in tables).
 REPLICATE_KEYS = {"seed", "data_seed"}
 METRICS = ("best_val", "test")  # --metric of the table scripts: results.json's best_val_score or test.score
@@ -273,10 +274,16 @@ class RunFolder:
             if name.startswith(".tmp-"):
                 os.unlink(self.file(name))
 
-    def release(self):
-        """Unlock and remove the lock file; a folder this process created and left empty is removed again."""
+    def release(self, failed=False):
+        """Unlock and remove the lock file. A folder this process created is removed again when it is left empty,
+        or (``failed``: the run ended in an error) when it holds no result yet, only args.json and logs."""
         if self._lock_fd is None:
             return
+        if self._created and failed and not any(os.path.exists(self.file(f)) for f in OUTPUTS):
+            for name in (ARGS, METRICS_LOG):
+                if os.path.exists(self.file(name)):
+                    os.unlink(self.file(name))
+            shutil.rmtree(self.file("tensorboard"), ignore_errors=True)
         os.unlink(self.file(LOCK))  # while still locked, so that no one can take a lock on a file about to go
         os.close(self._lock_fd)
         self._lock_fd = None
@@ -310,7 +317,7 @@ class RunFolder:
         """A fresh start: the previous run's outputs go first (results.json first: the folder never claims a result
         its args.json does not describe), then args.json is written."""
         os.makedirs(self.path, exist_ok=True)
-        for name in (RESULTS,) + tuple(o for o in OUTPUTS if o != RESULTS):
+        for name in (RESULTS,) + tuple(o for o in OUTPUTS if o != RESULTS) + (METRICS_LOG, ALL_RESULTS):
             if os.path.exists(self.file(name)):
                 os.unlink(self.file(name))
         if os.path.isdir(self.file(MODEL_DIR)):
@@ -325,6 +332,30 @@ class RunFolder:
                       "train": {"acc": history.train_acc, "loss": history.train_loss}}
         save_npy(self.file(SCORES), score_dict, allow_pickle=True)
         save_json(self.file(RESULTS), results)
+
+    def log_metrics(self, record: dict):
+        """Append one line to metrics.jsonl (followed live: tail -f, or pandas.read_json(path, lines=True)). A run
+        resumed from a checkpoint appends again from there: a (epoch, step) may then appear twice, the later
+        line being the one the finished run's numbers continue from."""
+        with open(self.file(METRICS_LOG), "a") as f:
+            f.write(json.dumps(_plain(record), allow_nan=False) + "\n")
+
+    def write_predictions(self, split: str, rows: list[dict]):
+        """predictions_{split}.jsonl: one line per row (id, input, target, prediction), for error analysis."""
+        text = "".join(json.dumps(_plain(r), allow_nan=False) + "\n" for r in rows)
+        atomic_write(self.file(f"predictions_{split}.jsonl"), lambda f: f.write(text.encode()))
+
+    def write_all_results(self, results: dict):
+        """all_results.json, flat as transformers' run_glue writes it (eval_*, test_*, train_*, epoch)."""
+        flat = {"epoch": results.get("best_epoch"), "train_runtime": results.get("wall_time_s"),
+                "train_samples": (results.get("n_examples") or {}).get("train"),
+                "train_loss": (results.get("train", {}).get("loss") or [None])[-1]}
+        best = next((e for e in results.get("validation", []) if e["epoch"] == results.get("best_epoch")), None)
+        for prefix, scores in (("eval", best), ("test", results.get("test"))):
+            if scores:
+                flat[f"{prefix}_score"], flat[f"{prefix}_loss"] = scores["score"], scores["loss"]
+                flat.update({f"{prefix}_{k}": v for k, v in (scores.get("official") or {}).items()})
+        save_json(self.file(ALL_RESULTS), flat)
 
     def write_state(self, *a, **kw):
         save_train_state(self.file(TRAIN_STATE), *a, **kw)

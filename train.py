@@ -33,6 +33,7 @@ if __name__ == "__main__":
         signal.signal(_sig, lambda signum, frame: os._exit(75))
 
 import errno  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -44,6 +45,7 @@ import data_utils  # noqa: E402
 import distributed  # noqa: E402
 import models  # noqa: E402
 import run_folder as rf  # noqa: E402
+import tracking  # noqa: E402
 import train_utils as tu  # noqa: E402
 from arguments import EXIT_BAD_INPUT, build_parser, check_args  # noqa: E402
 from errors import ConfigError, DataError  # noqa: E402
@@ -115,13 +117,20 @@ def run(args, stop: StopSignal):
     dist, device_name = distributed.from_environment(args.device)
     folder = rf.RunFolder(os.path.join(args.save_dir, args.save_name))
     mode, saved = folder.claim(args, lock=dist.is_main)
+    failed = True
     try:
         if mode == "complete":
             print(f"done: {folder.path} is already complete (results.json); pass --overwrite 1 to train it again")
+            failed = False
             return 0
-        return _train(args, stop, folder, mode, saved, dist, device_name, t0)
+        code = _train(args, stop, folder, mode, saved, dist, device_name, t0)
+        failed = False
+        return code
+    except Interrupted:
+        failed = False  # what was written is what a rerun continues from
+        raise
     finally:
-        folder.release()
+        folder.release(failed)
 
 
 def _train(args, stop, folder, mode, saved, dist, device_name, t0):
@@ -176,16 +185,16 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
         if dist.is_main:
             folder.write_state(s, wrapper, optimizer, arg_dict, elapsed(), scaler, data_fingerprint=fingerprint)
 
-    cfg = tu.FitConfig(task=task, epochs=args.num_epochs, batch_size=args.batch_size,
-                       eval_batch_size=args.eval_batch_size, eval_every=args.eval_every,
-                       early_stopping=bool(args.early_stopping), model_dropout=bool(args.model_dropout),
-                       train_eval_batches=args.train_eval_batches,
-                       pad_to=args.seq_len if args.pad_to_max_length else None,
-                       test_every_eval=bool(args.test_eval_after_every_task), save_every_steps=args.save_every_steps,
-                       progress=bool(args.progress), scaler=scaler, dist=dist,
-                       order=tu.length_grouped_order(train, args.batch_size, args.data_seed)
-                       if args.group_by_length else None)
-    hooks = tu.Hooks(on_eval=write_results, on_checkpoint=write_state, stop_requested=lambda: bool(stop))
+    cfg = _fit_config(args, task, train, scaler, dist)
+    tracker = tracking.make_tracker(args.report_to if dist.is_main else "none", folder.path, args.save_name, arg_dict)
+
+    def log_metrics(record):
+        if dist.is_main:
+            folder.log_metrics(record)
+            tracker.log(record)
+
+    hooks = tu.Hooks(on_eval=write_results, on_checkpoint=write_state, stop_requested=lambda: bool(stop),
+                     on_metrics=log_metrics)
     try:
         with stop.deferred():
             history, best = tu.fit(wrapper, optimizer, train, val, cfg, hooks, state, test)
@@ -194,18 +203,41 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
         print(f"train.py: error: {e} (the last good checkpoint and the best state are kept in {folder.path})",
               file=sys.stderr)
         return EXIT_DIVERGED
+    finally:
+        tracker.close()
 
     # ---- final evaluation with the best state, then save ----
     wrapper.load_trainable_state(best)
-    final = {**_final_eval(args, wrapper, task, val, test, dist), "norms": wrapper.norms(best)}
+    final, predictions = _final_eval(args, wrapper, task, val, test, dist)
+    final["norms"] = wrapper.norms(best)
     if dist.is_main:
+        for split, preds in predictions.items():
+            folder.write_predictions(split, _prediction_rows(task, splits[split], preds))
         folder.save_final(best, arg_dict, history, wrapper)
         write_results(history, final={**final, "complete": True})
+        folder.write_all_results(rf.read_json(folder.file(rf.RESULTS)))
         folder.finish()
-    best_txt = "" if history.best_epoch is None else f" best epoch {history.best_epoch} val {history.best_score:.4f}"
-    test_txt = f" test {final['test']['score']:.4f}" if "test" in final else ""
-    print(f"done: {task.name}{best_txt}{test_txt} -> {folder.path}")
+    print(f"done: {task.name}{_summary(history, final)} -> {folder.path}")
     return 0
+
+
+def _fit_config(args, task, train, scaler, dist):
+    return tu.FitConfig(task=task, epochs=args.num_epochs, batch_size=args.batch_size,
+                        eval_batch_size=args.eval_batch_size, eval_every=args.eval_every,
+                        early_stopping=bool(args.early_stopping), model_dropout=bool(args.model_dropout),
+                        train_eval_batches=args.train_eval_batches,
+                        pad_to=args.seq_len if args.pad_to_max_length else None,
+                        test_every_eval=bool(args.test_eval_after_every_task),
+                        save_every_steps=args.save_every_steps, log_every_steps=args.log_every_steps,
+                        progress=bool(args.progress), scaler=scaler, dist=dist,
+                        order=tu.length_grouped_order(train, args.batch_size, args.data_seed)
+                        if args.group_by_length else None)
+
+
+def _summary(history, final):
+    best = "" if history.best_epoch is None else f" best epoch {history.best_epoch}" + (
+        f" val {history.best_score:.4f}" if math.isfinite(history.best_score) else " (not validated)")
+    return best + (f" test {final['test']['score']:.4f}" if "test" in final else "")
 
 
 def _place(args, wrapper, device, dist):
@@ -240,13 +272,27 @@ def _run_info(args, task, device, dist, wrapper, prompt_ids, data, fingerprint):
 
 
 def _final_eval(args, wrapper, task, val, test, dist):
+    """The best state on validation (and the test subset): (results.json entries, {split: predictions})."""
     kwargs = dict(batch_size=args.eval_batch_size, loss_batch_size=args.batch_size,
                   pad_to=args.seq_len if args.pad_to_max_length else None, dist=dist)
+    res_val = tu.evaluate(wrapper, val, task, **kwargs)
+    final, predictions = {}, {"val": res_val["predictions"]}
     if test is not None:
-        return {"test": _scores(tu.evaluate(wrapper, test, task, **kwargs))}
-    if args.test_eval_after_every_task:
-        return {"final_eval": {"split": "validation", **_scores(tu.evaluate(wrapper, val, task, **kwargs))}}
-    return {}
+        res_test = tu.evaluate(wrapper, test, task, **kwargs)
+        final["test"], predictions["test"] = _scores(res_test), res_test["predictions"]
+    elif args.test_eval_after_every_task:
+        final["final_eval"] = {"split": "validation", **_scores(res_val)}
+    return final, predictions
+
+
+def _prediction_rows(task, rows, predictions):
+    """predictions_{split}.jsonl rows: the row id, the model's input text, the target and the prediction."""
+    out = []
+    for row, pred in zip(rows, predictions):
+        source, target = data_utils.format_example(task, row)
+        out.append({"id": row.get("idx"), "input": source.removesuffix(" </s>"), "target": target.removesuffix(
+            " </s>"), "prediction": pred.replace("<pad>", "").replace("</s>", "").strip()})
+    return out
 
 
 def _scores(res):

@@ -8,6 +8,7 @@ Shapes: see prompts.py.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,12 +167,16 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
     """Greedy generation (T5) or the head's prediction (encoders) + the original's normalization and metric, the
     official metric, and the loss. Returns {"score", "metric", "official", "loss", "predictions"}.
 
-    Runs with the wrapper in eval mode (as the original's validate()) and restores the previous modes. The loss is
-    the original's: the mean over consecutive batches of ``loss_batch_size`` rows (its validation batch was the
-    training batch) of each batch's mean token loss; it does not depend on the ``batch_size`` evaluation runs
-    with. With several processes, batch j runs on rank j % world (every rank runs as many batches, repeating its
-    last one when it has fewer, as sharded weights need every rank in every forward), every row is scored once,
-    and the results are gathered on every rank.
+    Runs with the wrapper in eval mode (as the original's validate()) and restores the previous modes. Each batch
+    runs the model's encoder once, for both the predictions and the loss (the wrapper's evaluate_batch). Batches
+    hold the rows sorted longest first and are sized by tokens: the first is the ``batch_size`` longest rows, each
+    later one as many rows as fit in as many padded tokens (see _token_batches); with ``pad_to`` every row has the
+    same length and a batch is ``batch_size`` rows. The loss is the original's: the mean over consecutive batches
+    of ``loss_batch_size`` rows in the split's order (its validation batch was the training batch) of each batch's
+    mean token loss; it does not depend on the batches evaluation runs with. With several processes, batch j runs
+    on rank j % world (every rank runs as many batches, repeating its last one when it has fewer, as sharded
+    weights need every rank in every forward), every row is scored once, and the results are gathered on every
+    rank.
     """
     modes = [(m, m.training) for m in wrapper.modules()]
     wrapper.eval()
@@ -181,18 +186,14 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
         n = len(split)
         decoded, targets = [None] * n, [None] * n
         sums, counts = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-        # Longest rows first: batches of similar lengths pad little. Every row is scored on its own, and results
-        # are put back in the split's order, so the order changes nothing but speed (and float noise).
-        order = sorted(range(n), key=lambda i: -len(split.source_ids[i]))
-        batches = list(make_batches(split, batch_size, task.target_len, pad_to, order))
+        batches = list(_token_batches(split, batch_size, task.target_len, pad_to))
         mine = batches[dist.rank::dist.world]
         local = []  # (rows, decoded, targets, sums, counts) of this rank's batches
         for j in range(-(-len(batches) // dist.world)):
             batch = dict(mine[min(j, len(mine) - 1)]) if mine else dict(batches[0])
             rows = batch.pop("rows")
             batch = {k: v.to(device) for k, v in batch.items()}
-            dec, tgt = wrapper.decode(batch, prompt, task.target_len, synced=dist.enabled)
-            s, c = wrapper.token_losses(batch, prompt)
+            dec, tgt, s, c = _evaluate_batch(wrapper, batch, prompt, task.target_len, dist.enabled)
             if j < len(mine):  # not a repeat
                 local.append((rows, dec, tgt, s.double().cpu(), c.double().cpu()))
         for part in dist.gather(local):
@@ -208,6 +209,38 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
     finally:
         for m, was_training in modes:
             m.train(was_training)
+
+
+def _evaluate_batch(wrapper, batch, prompt, max_length, synced):
+    """-> (decoded, targets, [B] loss sums, [B] counts): the wrapper's one-pass evaluate_batch, or for a wrapper
+    without one, its decode and token_losses (two forward passes, the same numbers)."""
+    if hasattr(wrapper, "evaluate_batch"):
+        return wrapper.evaluate_batch(batch, prompt, max_length, synced=synced)
+    dec, tgt = wrapper.decode(batch, prompt, max_length, synced=synced)
+    return (dec, tgt, *wrapper.token_losses(batch, prompt))
+
+
+def _token_batches(split, batch_size, target_len, pad_to=None, max_rows_factor=4):
+    """Evaluation batches (make_batches dicts) of the split's rows sorted longest first, sized by tokens: a batch
+    takes rows while its padded size (rows x its first, longest row) stays within budget = batch_size x the split's
+    longest source, at least one row and at most max_rows_factor x batch_size rows (which bounds the decoder's
+    [rows, target_len, vocabulary] logits). The first batch is thus the batch_size longest rows, as with batches
+    of batch_size rows, and no batch is larger in tokens (nor in attention scores, rows x length^2), so a
+    batch_size that fits the memory still does; shorter rows go in larger batches: fewer generate calls, each of
+    fewer steps in total, and larger decoder matrix products. With ``pad_to`` every row is padded to it: batches
+    of batch_size rows. Every row is scored on its own and results go back to the split's order, so the batches
+    change nothing but speed (and float noise). docs/PERFORMANCE.md compares budgets."""
+    lengths = [len(s) for s in split.source_ids]
+    order = sorted(range(len(split)), key=lambda i: -lengths[i])
+    if pad_to or not order:
+        yield from make_batches(split, batch_size, target_len, pad_to, order)
+        return
+    budget, cap, start = batch_size * max(lengths[order[0]], 1), max_rows_factor * batch_size, 0
+    while start < len(order):
+        size = min(max(1, budget // max(lengths[order[start]], 1)), cap, len(order) - start)
+        rows = order[start:start + size]
+        yield next(make_batches(split, size, target_len, None, rows))  # one batch of exactly these rows
+        start += size
 
 
 def _mean_of_batch_means(sums, counts, batch_size):
@@ -268,6 +301,7 @@ class FitConfig:
     pad_to: int | None = None
     test_every_eval: bool = False
     save_every_steps: int = 0
+    log_every_steps: int = 0        # on_metrics with the mean training loss every N steps (0: evaluations only)
     progress: bool = True
     order: list | None = None       # the training rows' order (default: the split's; --group_by_length's own)
     scaler: object = None           # the fp16 GradScaler (None: none)
@@ -277,8 +311,10 @@ class FitConfig:
 @dataclass
 class Hooks:
     """What fit() tells its caller: on_eval(history) after every validation, on_checkpoint(state) at the end of
-    every epoch, every save_every_steps steps and on a stop request; stop_requested() is polled every step."""
+    every epoch, every save_every_steps steps and on a stop request; stop_requested() is polled every step;
+    on_metrics(record) gets every log line of metrics.jsonl (step losses, epoch summaries with validation)."""
     on_eval: object = None
+    on_metrics: object = None
     on_checkpoint: object = None
     stop_requested: object = lambda: False
 
@@ -346,16 +382,25 @@ def fit(wrapper, optimizer, train, val, cfg: FitConfig, hooks: Hooks | None = No
 
     for epoch in tqdm(range(state.epoch, cfg.epochs), desc="epochs", disable=not cfg.progress, initial=state.epoch,
                       total=cfg.epochs):
+        t0, first_step = time.time(), state.step
         _train_epoch(wrapper, optimizer, train, cfg, hooks, state, epoch, stop_requested)
+        seconds = time.time() - t0
         losses, part = state.partial["losses"], state.partial
         history.step_losses.append(losses)
         history.train_loss.append(float(np.mean(np.asarray(losses, np.float32))) if losses else float("nan"))
         history.train_acc.append(data_utils.evaluate(cfg.task, part["decoded"], part["targets"], training=True)
                                  ["metric"] if part["decoded"] else float("nan"))
-        if epoch % cfg.eval_every == 0:
-            _validate(wrapper, val, test, cfg, state, epoch, tqdm.write)
-            if hooks.on_eval is not None:
-                hooks.on_eval(history)
+        res = _validate(wrapper, val, test, cfg, state, epoch) if epoch % cfg.eval_every == 0 else None
+        steps = num_batches(len(train), cfg.batch_size) - first_step
+        record = {"epoch": epoch, "step": (epoch + 1) * num_batches(len(train), cfg.batch_size),
+                  "train_loss": history.train_loss[-1], "epoch_seconds": round(seconds, 3),
+                  "steps_per_second": round(steps / max(seconds, 1e-9), 3),
+                  **({} if res is None else {f"eval_{k}": res[k] for k in ("score", "metric", "loss")})}
+        tqdm.write(_epoch_line(record))
+        if hooks.on_metrics is not None:
+            hooks.on_metrics(record)
+        if res is not None and hooks.on_eval is not None:
+            hooks.on_eval(history)
         state.epoch, state.step = epoch + 1, 0
         state.partial = {"losses": [], "decoded": [], "targets": []}
         if hooks.on_checkpoint is not None:
@@ -388,6 +433,12 @@ def _train_epoch(wrapper, optimizer, train, cfg, hooks, state, epoch, stop_reque
         if save and hooks.on_checkpoint is not None:
             hooks.on_checkpoint(state)
 
+    def log(i):
+        step = epoch * steps + i + 1  # global, as transformers' Trainer counts
+        if hooks.on_metrics is not None and cfg.log_every_steps and step % cfg.log_every_steps == 0:
+            recent = _as_floats(part["losses"][-cfg.log_every_steps:])  # this epoch's part of the last N steps
+            hooks.on_metrics({"epoch": epoch, "step": step, "loss": float(np.mean(recent)), "lr": lr})
+
     batches = make_batches(train, cfg.batch_size, cfg.task.target_len, cfg.pad_to, cfg.order)
     for i, batch in enumerate(tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
                                    disable=not cfg.progress, initial=state.step)):
@@ -401,6 +452,7 @@ def _train_epoch(wrapper, optimizer, train, cfg, hooks, state, epoch, stop_reque
             part["targets"] += tgt
         part["losses"].append(train_step(wrapper, optimizer, batch, prompt, cfg.scaler, cfg.dist))
         state.step = i + 1
+        log(i)
         stop = state.step < steps and stop_requested()
         every = cfg.save_every_steps and (epoch * steps + state.step) % cfg.save_every_steps == 0
         if stop or (state.step < steps and every):
@@ -410,16 +462,23 @@ def _train_epoch(wrapper, optimizer, train, cfg, hooks, state, epoch, stop_reque
     checkpoint(save=False)
 
 
-def _validate(wrapper, val, test, cfg, state, epoch, write):
+def _epoch_line(r):
+    """One log line per epoch, fit for files and SLURM logs: time, epoch, loss, speed, validation."""
+    text = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {r['epoch']}: train loss {r['train_loss']:.4f} | "
+            f"{r['epoch_seconds']:.1f} s, {r['steps_per_second']:.2f} steps/s")
+    if "eval_score" in r:
+        metric = "/".join(f"{v:.4f}" for v in np.atleast_1d(r["eval_metric"]))
+        text += f" | validation score {r['eval_score']:.4f} (metric {metric}) loss {r['eval_loss']:.4f}"
+    return text
+
+
+def _validate(wrapper, val, test, cfg, state, epoch):
     """Score the validation split (and the test subset with --test_eval_after_every_task); keep the best state."""
     history = state.history
     kwargs = dict(batch_size=cfg.eval_batch_size or 4 * cfg.batch_size, loss_batch_size=cfg.batch_size,
                   pad_to=cfg.pad_to, dist=cfg.dist)
     res = evaluate(wrapper, val, cfg.task, **kwargs)
     history.evals.append(_entry(epoch, res))
-    metric = "/".join(f"{v:.4f}" for v in np.atleast_1d(res["metric"]))
-    write(f"epoch {epoch}: train loss {history.train_loss[-1]:.4f} | validation score {res['score']:.4f} "
-          f"(metric {metric}) loss {res['loss']:.4f}")
     if test is not None and cfg.test_every_eval:
         history.test_evals.append(_entry(epoch, evaluate(wrapper, test, cfg.task, **kwargs)))
     # differs from original: its best score started at 0.0, so a run whose scores are all <= 0 (CoLA's MCC,
@@ -427,6 +486,7 @@ def _validate(wrapper, val, test, cfg, state, epoch, write):
     if cfg.early_stopping and res["score"] > history.best_score:
         history.best_score, history.best_epoch = res["score"], epoch
         state.best = wrapper.snapshot()
+    return res
 
 
 def _entry(epoch, res):

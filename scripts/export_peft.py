@@ -35,7 +35,6 @@ run, a non-empty OUT_DIR. Exit codes: 0 done, 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -303,6 +302,8 @@ def model_card(run_dir, args, n_tokens, width, base_model, folder_name):
         text = "passage : ... query: ... entities: A; B; C"
     else:  # wsc: the text with the pronoun starred
         text = "... *he* ..."
+    k = int(args.get("select_k_per_class", -1))
+    few_shot = "" if k == -1 else f" (few-shot: {k} per class)"
     answers = (", ".join(f"`{w}`" for w in task.label_words) if task.label_words else
                "a number" if task.formatter == "stsb" else "an entity" if task.formatter == "record" else "a word")
     front = ["---", "library_name: peft", *([f"base_model: {base_model}"] if hub else []),
@@ -331,9 +332,10 @@ Score x 100; the score is the task's early-stopping score (the mean of its metri
 
 - method: {method}; prompt length {n_tokens}
 - reparameterization: {reparam_text}
-- learning rate {args.get('lr')}, batch size {args.get('batch_size')}, epochs {args.get('num_epochs')}, seed {args.get('seed')}
+- learning rate {args.get('lr')}, batch size {args.get('batch_size')}, epochs {args.get('num_epochs')}, \
+seed {args.get('seed')}
 - input length (prompt included): {args.get('seq_len')} tokens
-- training rows: {n.get('train', '?')}{'' if int(args.get('select_k_per_class', -1)) == -1 else f" (few-shot: {args['select_k_per_class']} per class)"}
+- training rows: {n.get('train', '?')}{few_shot}
 
 The command that trained it (the project's `train.py`, run from its root):
 
@@ -360,9 +362,9 @@ print(tokenizer.decode(out[0], skip_special_tokens=True))  # {answers}
 ```
 
 To reproduce the run's numbers, feed exactly what training fed: the text of `data_utils.format_example` for
-`{task.name}`, tokenized with exactly one `</s>` (`data_utils.encode_batch`), cut to seq_len - P = {args["seq_len"]} -
-{n_tokens} = {keep} tokens (training cut [prompt; input] to {args["seq_len"]}); greedy decoding of
-{task.target_len - 1} new tokens. PEFT cuts nothing by itself.
+`{task.name}`, tokenized with exactly one `</s>` (`data_utils.encode_batch`),
+cut to seq_len - P = {args["seq_len"]} - {n_tokens} = {keep} tokens (training cut [prompt; input] to {args["seq_len"]});
+greedy decoding of {task.target_len - 1} new tokens. PEFT cuts nothing by itself.
 
 Exported by `scripts/export_peft.py` from the run folder `{os.path.basename(os.path.abspath(run_dir))}`.
 """

@@ -96,7 +96,15 @@ def _band(ax, x, mean, std, color, label, log=False):
 
 
 def plot_curves(df, tasks, path, per_row=5):
-    """Per task a score panel over a loss panel; more than ``per_row`` tasks wrap onto further pairs of rows."""
+    fig, stats = curves_figure(df, tasks, per_row)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return stats
+
+
+def curves_figure(df, tasks, per_row=5):
+    """(figure, stats) of val_curves.png: per task a score panel over a loss panel; more than ``per_row`` tasks
+    wrap onto further pairs of rows."""
     labels = _labels_in_order(df)
     colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     stats = mean_std(df, ["label", "task", "epoch"], ["score", "loss"])
@@ -126,9 +134,7 @@ def plot_curves(df, tasks, path, per_row=5):
         ax.xaxis.get_major_locator().set_params(integer=True)
     _legend(fig, axes, _band_title(stats["n"]))
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return stats
+    return fig, stats
 
 
 def plot_lr(df, tasks, metric, path):

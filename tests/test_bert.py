@@ -50,7 +50,7 @@ def tiny_bert(seed=0, dropout=0.0):
 def args_for(**kw):
     base = dict(freeze_weights=1, freeze_except="xxxxxxx", prefix_len=P, prompt_init="vocab", seed=0, prefix_path="",
                 prefix_MLP="MLP1", bottleneck_size=16, nonlinearity="relu", mlp_layer_norm=1, mlp_dropout=0.0,
-                residual=1, separate_mlps=0, mlp2_shared_weights=0, seq_len=64, precision="fp32")
+                residual=1, separate_mlps=0, mlp2_shared_weights=0, seq_len=64, precision="fp32", pooling="cls")
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -375,3 +375,54 @@ def test_bert_refuses_free_text_tasks_through_train_py(tiny_bert_dir, data_dir, 
                       "--save_dir", str(tmp_path), "--save_name", "r"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+# ---- pooling, head-only control, head learning rate, norms -------------------------------------------------------
+def test_mean_pooling_reads_the_mean_of_unmasked_outputs_and_ignores_padding():
+    model = tiny_bert().eval()
+    w = encoder(model, ("a", "b"), torch.randn(P, H))
+    w.pooling = "mean"
+    ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 3, 0, 0]])
+    out = w.predict(ids, w.prompt)
+    embeds, mask = w.encoder_inputs(ids, w.prompt)
+    hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    ref = w.head((hidden[1, :P + 3]).mean(0))  # row 1: its P + 3 unmasked positions only
+    torch.testing.assert_close(out[1], ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1:2], w.predict(ids[1:2, :3], w.prompt), atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_auto_follows_a_sentence_transformers_config(tmp_path):
+    assert em.default_pooling(str(tmp_path)) == "cls"
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    assert em.default_pooling(str(tmp_path)) == "mean"
+
+
+def test_head_only_control_trains_the_head_alone(tok):
+    model = tiny_bert()
+    args = args_for(prefix_len=0, prefix_MLP="None", pooling="cls")
+    w, ids, n_model = build(model, args, tok, data_utils.get_task("sst2"))
+    assert w.prompt is None and ids is None and n_model == 0
+    before = {k: v.clone() for k, v in w.state_dict().items()}
+    losses = train(w, toy_split(tok, 16), steps=5)
+    changed = {k for k, v in w.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"head.weight", "head.bias"} and losses[-1] < losses[0]
+
+
+def test_t5_refuses_encoder_only_options():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
+    for extra in (dict(pooling="mean"), dict(prefix_len=0, prefix_MLP="None"), dict(head_lr=0.01)):
+        with pytest.raises(tu.ConfigError, match="--pooling and --head_lr|trains nothing"):
+            em.build_model(t5, None, args_for(**{"pooling": "auto", **extra}), data_utils.get_task("cb"))
+
+
+def test_head_lr_gets_its_own_group_and_norms_are_reported(tok):
+    w, _, _ = build(tiny_bert(), args_for(), tok, data_utils.get_task("sst2"))
+    opt = tu.build_optimizer("legacy_adamw", w, lr=0.3, mlp_lr=0.1, head_lr=0.01)
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    assert by_lr[0.01] == {id(w.head.weight), id(w.head.bias)} and id(w.prompt) in by_lr[0.3]
+    assert by_lr[0.1] == {id(p) for p in w.reparam.parameters()}
+    norms = w.norms(w.snapshot())
+    assert set(norms) == {"embedding", "prompt", "projected", "phi"} and norms["phi"] > 0

@@ -209,3 +209,35 @@ def test_run_with_trained_weights_uses_its_model_folder(run_dir, tiny_t5_dir, tm
     assert export_peft.main([str(run), str(tmp_path / "out")]) == 0
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(run / "model")
+
+
+def _finished_run(tmp_path, model_name, results_extra=None, width=32):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps({"task": "sst2", "prefix_len": 10, "freeze_weights": 1, "seq_len": 64,
+                                               "prefix_MLP": "MLP1", "residual": 1, "model_name": str(model_name)}))
+    (run / "results.json").write_text(json.dumps({"task": "sst2", "complete": True, **(results_extra or {})}))
+    np.save(run / "prompt.npy", np.zeros((10, width), np.float32))
+    return run
+
+
+def test_encoder_run_is_refused(tmp_path, capsys):
+    """A BERT-style encoder run (train.py records its classification head's size) is refused in one line."""
+    run = _finished_run(tmp_path, "sentence-transformers/all-MiniLM-L6-v2",
+                        {"trainable_params": {"prompt": 3840, "reparam": 0, "model": 0, "head": 770}}, width=384)
+    err = _refused([str(run), str(tmp_path / "out")], capsys)
+    assert "is a BERT-style encoder run" in err and "T5 runs only" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_encoder_base_model_is_refused_before_loading_it(tmp_path, capsys):
+    """Without the head count (an older results.json), the base model's config tells: an encoder is refused."""
+    from transformers import BertConfig, BertModel
+
+    bert = tmp_path / "tiny_bert"
+    BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=70)).save_pretrained(bert)
+    run = _finished_run(tmp_path, bert)
+    err = _refused([str(run), str(tmp_path / "out")], capsys)
+    assert "is a BERT-style encoder" in err and "T5 runs only" in err
+    assert not (tmp_path / "out").exists()

@@ -183,8 +183,8 @@ def test_results_record_the_data_fingerprint_and_the_arguments(ws):
 def test_a_stale_folder_never_claims_complete(ws, tiny_t5_dir):
     """Over a finished run, --overwrite 1 --lr 0.1 killed early; the old command again must not say complete."""
     folder = copy_run(ws, "finished", "stale")
-    base = base_args(tiny_t5_dir, ws) + ["--save_name", folder.name]
-    killed = run_py(["tests/fault_runner.py", "kill_at_step:2", "--", *base, "--overwrite", "1", "--lr", "0.1"],
+    base = base_args(tiny_t5_dir, ws) + ["--save_name", folder.name, "--batch_size", "64"]  # CB: 4 steps an epoch
+    killed = run_py(["tests/fault_runner.py", "kill_at_step:6", "--", *base, "--overwrite", "1", "--lr", "0.1"],
                     env=ENV)
     assert killed.returncode == -signal.SIGKILL
     assert not (folder / "results.json").exists() or not json.loads((folder / "results.json").read_text())["complete"]
@@ -195,8 +195,8 @@ def test_a_stale_folder_never_claims_complete(ws, tiny_t5_dir):
 
 def test_kill_before_the_first_checkpoint_then_rerun_starts_over(ws, tiny_t5_dir):
     """Killed after the first results.json, before any train_state.pt: the same command runs the run again."""
-    base = base_args(tiny_t5_dir, ws) + ["--save_name", "early", "--batch_size", "2"]
-    killed = run_py(["tests/fault_runner.py", "kill_at_step:5", "--", *base], env=ENV)  # epoch 1: results.json exists
+    base = base_args(tiny_t5_dir, ws) + ["--save_name", "early", "--batch_size", "64"]  # CB: 4 steps an epoch
+    killed = run_py(["tests/fault_runner.py", "kill_at_step:6", "--", *base], env=ENV)  # epoch 1: results.json exists
     folder = ws / "runs" / "early"
     assert killed.returncode == -signal.SIGKILL and (folder / "results.json").exists()
     os.unlink(folder / "train_state.pt")  # as if killed before the first checkpoint

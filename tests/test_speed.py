@@ -180,11 +180,24 @@ def test_precision_flag_runs_end_to_end(tiny_t5_dir, data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_script_prints_the_table(data_dir):
+def test_benchmark_script_prints_the_tables(data_dir, tmp_path):
+    out = tmp_path / "bench.json"
     proc = run_py(["scripts/benchmark.py", "--shape", "tiny", "--steps", "2", "--eval_rows", "8", "--tasks", "cb",
-                   "--configs", "original,ours", "--data_dir", str(data_dir)])
+                   "--configs", "original,ours", "--data_dir", str(data_dir), "--eval_compare", "--compare_rows", "12",
+                   "--repeats", "1", "--json", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ours") or line.startswith("| original")]
-    assert len(lines) == 2
+    head = proc.stdout.index("| configuration | train ex/s")
+    lines = [line for line in proc.stdout[head:].splitlines()[2:4]]
+    assert [line.split("|")[1].strip() for line in lines] == ["original", "ours"]
     original = [float(x) for x in lines[0].strip("| ").split("|")[1:]]
     assert original[3:5] == [1.0, 1.0]  # the baseline's ratios to itself
+    assert "% of matmul rate" in proc.stdout and "top operators by self CPU time" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["matmul_flops_per_s"] > 0 and report["device"] == "cpu"
+    for row in report["tasks"][0]["rows"].values():
+        assert row["train_flops"] > 0 and row["eval_flops"] > 0 and 0 < row["train_util"] < 1.5
+    assert report["tasks"][0]["rows"]["original"]["train_flops"] > report["tasks"][0]["rows"]["ours"]["train_flops"]
+    assert report["tasks"][0]["profile"]
+    cmp = report["eval_compare"]
+    assert cmp["rows"] == 12 and cmp["same_predictions"] and cmp["loss_rel_diff"] < 1e-5
+    assert cmp["flops"]["after"] < cmp["flops"]["before"]  # one encoder pass instead of two

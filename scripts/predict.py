@@ -1,0 +1,90 @@
+"""Score or use a finished run without training: its best prompt (and reparameterization, head) on a split of its
+task, or on a file of new inputs.
+
+    python scripts/predict.py RUN_DIR                         # the run's validation split: scores + predictions
+    python scripts/predict.py RUN_DIR --split train           # another split of the same task (train, validation)
+    python scripts/predict.py RUN_DIR --input rows.jsonl      # new rows, in the task's Hugging Face fields
+    python scripts/predict.py RUN_DIR --out preds.jsonl       # where the predictions go (default: stdout)
+
+The data, model and sequence length are the run's (args.json); --data_dir and --model_name override where they
+moved. Rows of --input are jsonl objects with the task's fields (e.g. cb: premise, hypothesis; a label when known:
+then the scores are printed too). Exit codes: 0 done, 2 bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a finished run folder (save_dir/save_name of train.py)")
+    p.add_argument("--split", default="validation", choices=["train", "validation"])
+    p.add_argument("--input", default=None, help="jsonl of new rows in the task's fields (instead of --split)")
+    p.add_argument("--out", default=None, help="predictions jsonl to write (default: stdout)")
+    p.add_argument("--data_dir", default=None, help="override the run's --data_dir")
+    p.add_argument("--model_name", default=None, help="override the run's --model_name")
+    p.add_argument("--batch_size", type=int, default=32)
+    a = p.parse_args(argv)
+
+    import data_utils
+    import run_folder
+    import train_utils as tu
+    from errors import ConfigError, DataError
+
+    try:
+        wrapper, args, _ = run_folder.load_run(a.run_dir, a.model_name)
+        task = data_utils.get_task(args["task"])
+        rows = _rows(a, task, args, data_utils)
+        split = wrapper.encode_split(task, rows, wrapper.tokenizer, args["seq_len"])
+        labelled = not any(r.get("_unlabelled") for r in rows)
+        res = tu.evaluate(wrapper, split, task, batch_size=a.batch_size, loss_batch_size=args["batch_size"])
+    except (ConfigError, DataError, OSError) as e:
+        print(f"predict.py: error: {e}", file=sys.stderr)
+        return 2
+    out = open(a.out, "w") if a.out else sys.stdout
+    for row, pred in zip(rows, res["predictions"]):
+        source, target = data_utils.format_example(task, row) if labelled else (None, None)
+        record = {"id": row.get("idx"), "prediction": pred.replace("<pad>", "").replace("</s>", "").strip()}
+        if target is not None:
+            record["target"] = target.removesuffix(" </s>")
+        out.write(json.dumps(record) + "\n")
+    if a.out:
+        out.close()
+    if labelled:
+        print(f"predict.py: {task.name} {len(rows)} rows: score {res['score']:.4f} official {res['official']} "
+              f"loss {res['loss']:.4f}", file=sys.stderr)
+    return 0
+
+
+def _rows(a, task, args, data_utils):
+    from errors import DataError
+
+    if a.input is None:
+        return data_utils.load_split(task, a.split, a.data_dir or args.get("data_dir"))
+    rows = []
+    with open(a.input, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    raise DataError(f"{a.input} line {n}: not JSON ({e})") from None
+                row.setdefault("idx", n - 1)
+                if "label" in row:
+                    row["label"] = data_utils._label_id(task, row["label"], f"{a.input} line {n}")
+                elif task.formatter != "record":
+                    row["label"], row["_unlabelled"] = (0 if task.label_names else 0.0), True  # a stand-in target
+                rows.append(data_utils._check_row(task, row, f"{a.input} line {n}"))
+    if not rows:
+        raise DataError(f"{a.input} holds no rows")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

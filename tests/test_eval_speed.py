@@ -1,0 +1,236 @@
+"""Evaluation does each piece of work once: one encoder pass per batch feeds both the generation and the loss
+(the wrappers' evaluate_batch), in batches sized by tokens. Same numbers as the two-pass path (decode, then
+token_losses, each running the encoder): identical predictions, losses within 1e-6 relative.
+
+Runs anywhere: tiny random models, the CB rows and the tokenizer written in tests/fixtures (no ../shared).
+Speed itself is measured by scripts/benchmark.py --eval_only (docs/PERFORMANCE.md), never asserted here.
+"""
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer, T5Config, T5ForConditionalGeneration
+
+import data_utils
+import models
+import train_utils as tu
+from prompts import SoftPrompt
+from res_mlp import build_reparam
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread than on two busy cores (thread synchronization dominates)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cb(written_t5_tokenizer, fixture_data_dir):
+    """The 30 fixture CB rows (train + validation), encoded for T5, cut to lengths 4 to 30 (+ </s>) so that batches
+    by tokens differ from batches by rows."""
+    task = data_utils.get_task("cb")
+    rows = [r for s in ("train", "validation") for r in data_utils.load_split(task, s, str(fixture_data_dir))]
+    split = models.PromptT5.encode_split(task, rows, written_t5_tokenizer, 512)
+    split.source_ids = [ids[:3 + (i * 7) % 27] + [1] for i, ids in enumerate(split.source_ids)]
+    return task, split
+
+
+def tiny_t5(tokenizer, precision="fp32", seed=1, scale=20.0):
+    """A 1+1-layer T5 of width 16 on the written vocabulary with a Residual PT prompt (MLP1). The prompt is scaled
+    far from the vocabulary so that the predictions differ between rows."""
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
+                   num_heads=4, dropout_rate=0.1, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = T5ForConditionalGeneration(cfg)
+    models.freeze_model(model, True, "xxxxxxx")
+    prompt = torch.randn(4, 16) * scale
+    wrapper = models.PromptT5(model, tokenizer, SoftPrompt(prompt, build_reparam("MLP1", 16, 4, bottleneck=8)), 512,
+                              precision)
+    return wrapper.eval()
+
+
+def two_pass(wrapper, batch, prompt, max_length):
+    """Before: decode and token_losses, each with its own encoder pass."""
+    dec, tgt = wrapper.decode(batch, prompt, max_length)
+    return (dec, tgt, *wrapper.token_losses(batch, prompt))
+
+
+def batches_of(split, task, batch_size):
+    return [({k: v for k, v in b.items() if k != "rows"}, b["rows"])
+            for b in tu._token_batches(split, batch_size, task.target_len)]
+
+
+def assert_same(one, two, rel=1e-6):
+    assert one[0] == two[0] and one[1] == two[1]  # predictions and targets: identical strings
+    assert torch.equal(one[3], two[3])  # token counts
+    np.testing.assert_allclose(one[2].double().numpy(), two[2].double().numpy(), rtol=rel, atol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_t5_evaluate_batch_equals_decode_plus_token_losses(written_t5_tokenizer, cb, precision):
+    task, split = cb
+    wrapper = tiny_t5(written_t5_tokenizer, precision)
+    prompt = wrapper.projected_prompt()
+    preds = []
+    with torch.no_grad():
+        for batch, _ in batches_of(split, task, 4):
+            one = wrapper.evaluate_batch(batch, prompt, task.target_len)
+            assert_same(one, two_pass(wrapper, batch, prompt, task.target_len))
+            preds += one[0]
+    assert len(set(preds)) > 2  # the comparison is not between constant predictions
+
+
+def test_t5_evaluate_batch_without_a_prompt(written_t5_tokenizer, cb):
+    """Full fine-tuning has no prompt: the encoder reads input_ids; the one-pass path must do the same."""
+    task, split = cb
+    wrapper = tiny_t5(written_t5_tokenizer)
+    with torch.no_grad():
+        for batch, _ in batches_of(split, task, 8)[:2]:
+            assert_same(wrapper.evaluate_batch(batch, None, task.target_len),
+                        two_pass(wrapper, batch, None, task.target_len))
+
+
+def test_evaluation_runs_the_encoder_once_per_batch(written_t5_tokenizer, cb):
+    task, split = cb
+    wrapper = tiny_t5(written_t5_tokenizer)
+    calls = []
+    handle = wrapper.model.get_encoder().register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        tu.evaluate(wrapper, split, task, batch_size=4, loss_batch_size=8)
+    finally:
+        handle.remove()
+    assert len(calls) == len(batches_of(split, task, 4)) > 1
+
+
+def test_the_loss_reuses_generates_cross_attention_keys_and_values(written_t5_tokenizer, cb):
+    """The decoder's cross-attention keys and values (one [B, T', H] product each per layer) are computed once per
+    batch, by generate, and the loss reads them from its cache: same numbers (test above), less work."""
+    task, split = cb
+    wrapper = tiny_t5(written_t5_tokenizer)
+    key_projection = wrapper.model.get_decoder().block[0].layer[1].EncDecAttention.k
+    calls = []
+    handle = key_projection.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    prompt = wrapper.projected_prompt()
+    batch, _ = batches_of(split, task, 4)[0]
+    try:
+        with torch.no_grad():
+            wrapper.evaluate_batch(batch, prompt, task.target_len)
+            one_pass = list(calls)
+            calls.clear()
+            two_pass(wrapper, batch, prompt, task.target_len)
+    finally:
+        handle.remove()
+    assert len(one_pass) == 1 and len(calls) == 2  # per batch: once (generate's first step) instead of twice
+
+
+def reference_evaluate(wrapper, split, task, batches, loss_batch_size):
+    """The two-pass evaluation on the given batches: predictions in the split's order and the reported loss."""
+    n = len(split)
+    decoded, targets = [None] * n, [None] * n
+    sums, counts = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    prompt = wrapper.projected_prompt()
+    with torch.no_grad():
+        for batch, rows in batches:
+            dec, tgt, s, c = two_pass(wrapper, batch, prompt, task.target_len)
+            for i, d, t in zip(rows, dec, tgt):
+                decoded[i], targets[i] = d, t
+            sums[rows], counts[rows] = s.double(), c.double()
+    return decoded, tu._mean_of_batch_means(sums, counts, loss_batch_size)
+
+
+def test_evaluate_equals_the_two_pass_path(written_t5_tokenizer, cb):
+    task, split = cb
+    wrapper = tiny_t5(written_t5_tokenizer)
+    res = tu.evaluate(wrapper, split, task, batch_size=4, loss_batch_size=8)
+    decoded, loss = reference_evaluate(wrapper, split, task, batches_of(split, task, 4), 8)
+    assert res["predictions"] == decoded
+    assert res["loss"] == pytest.approx(loss, rel=1e-6)
+    # and the previous batching (batches of 4 rows, longest first): other paddings, so float noise only
+    order = sorted(range(len(split)), key=lambda i: -len(split.source_ids[i]))
+    by_rows = [({k: v for k, v in b.items() if k != "rows"}, b["rows"])
+               for b in tu.make_batches(split, 4, task.target_len, None, order)]
+    decoded_rows, loss_rows = reference_evaluate(wrapper, split, task, by_rows, 8)
+    assert res["predictions"] == decoded_rows
+    assert res["loss"] == pytest.approx(loss_rows, rel=1e-5)
+
+
+def test_the_loss_keeps_its_batches_whatever_the_evaluation_batches(written_t5_tokenizer, cb):
+    """The reported loss is the mean over consecutive loss_batch_size rows, in the split's order, of each batch's
+    mean token loss, for any evaluation batch size (so any token budget)."""
+    task, split = cb
+    wrapper = tiny_t5(written_t5_tokenizer)
+    with torch.no_grad():
+        means = [wrapper.loss({k: v for k, v in b.items() if k != "rows"}, wrapper.projected_prompt()).item()
+                 for b in tu.make_batches(split, 8, task.target_len)]
+    results = [tu.evaluate(wrapper, split, task, batch_size=bs, loss_batch_size=8) for bs in (1, 3, 64)]
+    for res in results:
+        assert res["predictions"] == results[0]["predictions"]
+        assert res["loss"] == pytest.approx(np.mean(means), rel=1e-5)
+
+
+def test_token_batches_hold_every_row_once_within_the_budget(written_t5_tokenizer, cb):
+    task, split = cb
+    lengths = [len(s) for s in split.source_ids]
+    for batch_size in (1, 2, 4, 8, 64):
+        batches = list(tu._token_batches(split, batch_size, task.target_len))
+        rows = [i for b in batches for i in b["rows"]]
+        assert sorted(rows) == list(range(len(split)))  # every row, once
+        assert [lengths[i] for i in rows] == sorted(lengths, reverse=True)  # longest first
+        assert batches[0]["rows"] == rows[:min(batch_size, len(split))]  # the first: batch_size longest rows
+        budget = batch_size * max(lengths)
+        for b in batches:
+            n, t = b["source_ids"].shape
+            assert t == max(lengths[i] for i in b["rows"])  # padded to its longest row
+            assert n * t <= budget and n <= 4 * batch_size
+            assert b["target_ids"].shape == (n, task.target_len)
+    assert len(list(tu._token_batches(split, 4, task.target_len))) < len(split) / 4  # short rows: larger batches
+    fixed = list(tu._token_batches(split, 4, task.target_len, pad_to=512))  # --pad_to_max_length: rows, as before
+    assert [tuple(b["source_ids"].shape) for b in fixed] == [(4, 512)] * 7 + [(2, 512)]
+
+
+def test_a_wrapper_without_evaluate_batch_still_evaluates(written_t5_tokenizer, cb):
+    """The trainer works on any wrapper: without evaluate_batch, it calls decode and token_losses."""
+    task, split = cb
+    wrapper = tiny_t5(written_t5_tokenizer)
+
+    class TwoPass:  # everything the wrapper offers but evaluate_batch
+        def __getattr__(self, name):
+            if name == "evaluate_batch":
+                raise AttributeError(name)
+            return getattr(wrapper, name)
+
+    res = tu.evaluate(TwoPass(), split, task, batch_size=4, loss_batch_size=8)
+    ref = tu.evaluate(wrapper, split, task, batch_size=4, loss_batch_size=8)
+    assert res["predictions"] == ref["predictions"] and res["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+
+
+# ---- the encoder wrapper: one predict() feeds both --------------------------------------------------------------
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "good", "bad", "the"]
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_encoder_evaluate_batch_equals_decode_plus_token_losses(tmp_path, regression):
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tok = BertTokenizer(str(tmp_path / "vocab.txt"))
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=64, initializer_range=0.2),
+                      add_pooling_layer=False)
+    labels = () if regression else ("negative", "positive")
+    wrapper = models.PromptedEncoderClassifier(model, tok, labels, SoftPrompt(torch.randn(3, 16)), seq_len=64).eval()
+    rng = np.random.RandomState(0)
+    sources = [tok(" ".join(rng.choice(["good", "bad", "the", "a b"], size=rng.randint(1, 8))))["input_ids"]
+               for _ in range(12)]
+    targets = [[float(rng.uniform(0, 5))] if regression else [int(rng.randint(2))] for _ in range(12)]
+    split = models.EncodedSplit(sources, targets, pad_id=tok.pad_token_id)
+    task = data_utils.get_task("stsb" if regression else "sst2")
+    prompt = wrapper.projected_prompt()
+    with torch.no_grad():
+        for batch, _ in batches_of(split, task, 4):
+            one = wrapper.evaluate_batch(batch, prompt, task.target_len)
+            two = (*wrapper.decode(batch, prompt), *wrapper.token_losses(batch, prompt))
+            assert_same(one, two)
+    res = tu.evaluate(wrapper, split, task, batch_size=4, loss_batch_size=4)
+    assert len(res["predictions"]) == 12 and np.isfinite(res["loss"])

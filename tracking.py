@@ -1,0 +1,88 @@
+"""Experiment tracking (--report_to): TensorBoard or Weights & Biases, imported only when asked for.
+
+A tracker gets the run's arguments once (config), then every record of metrics.jsonl: step losses and learning
+rate every --log_every_steps steps, and each epoch's summary with its validation metrics. Only rank 0 reports.
+"""
+from __future__ import annotations
+
+import numbers
+
+from errors import ConfigError
+
+
+class NoTracker:
+    def log(self, record: dict):
+        pass
+
+    def close(self):
+        pass
+
+
+class TensorBoard(NoTracker):
+    """Event files under RUN_DIR/tensorboard (tensorboard --logdir RUN_DIR); scalars keyed train/* and eval/*."""
+
+    def __init__(self, log_dir, config: dict):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("--report_to tensorboard needs the tensorboard package: pip install tensorboard, or "
+                              "use --report_to none") from None
+        self.writer = SummaryWriter(log_dir)
+        self.writer.add_text("args", "\n".join(f"    {k}: {v}" for k, v in sorted(config.items())))
+
+    def log(self, record: dict):
+        step = record["step"]
+        for key, value in _scalars(record):
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class WandB(NoTracker):
+    def __init__(self, run_name, config: dict):
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("--report_to wandb needs the wandb package: pip install wandb (offline: WANDB_MODE="
+                              "offline), or use --report_to none") from None
+        self.run = wandb.init(name=run_name, config=config)
+
+    def log(self, record: dict):
+        self.run.log(dict(_scalars(record)), step=record["step"])
+
+    def close(self):
+        self.run.finish()
+
+
+def _scalars(record):
+    """(tag, number) pairs: eval_* -> eval/*, the rest -> train/*; list metrics (two-number ones) get /0, /1."""
+    for key, value in record.items():
+        if key in ("epoch", "step"):
+            continue
+        tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for i, v in enumerate(values):
+            if isinstance(v, numbers.Number) and v == v:  # numbers, not NaN
+                yield (tag if len(values) == 1 else f"{tag}/{i}"), float(v)
+
+
+def check_available(kind: str) -> None:
+    """Refuse --report_to KIND before the run starts when its package is missing."""
+    import importlib.util
+
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(kind)
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"--report_to {kind} needs the {package} package: pip install {package}, or use "
+                          f"--report_to none")
+
+
+def make_tracker(kind: str, run_dir: str, run_name: str, config: dict):
+    if kind == "tensorboard":
+        import os
+
+        return TensorBoard(os.path.join(run_dir, "tensorboard"), config)
+    if kind == "wandb":
+        return WandB(run_name, config)
+    return NoTracker()
