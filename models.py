@@ -213,9 +213,22 @@ class PromptT5(PromptedModel):
         return (batch["target_ids"] != self.pad_id).sum()
 
     @torch.no_grad()
-    def encode(self, source_ids, prompt=None):
+    def encode(self, source_ids, prompt=None, chunks=None):
         """The encoder, once: -> (encoder output [B, T', H], attention mask [B, T']), what ``encoded`` takes in
-        token_losses, generate and decode; the same call as theirs, so the same numbers."""
+        token_losses, generate and decode; the same call as theirs, so the same numbers. ``chunks``: [(rows,
+        length)], consecutive groups of rows that the encoder runs one by one, each cut to its ``length`` longest
+        source (less padding); their outputs are zero-padded to T' and their masks with 0, so that every later
+        reader masks those positions out exactly as it masks a batch's own padding."""
+        if chunks:
+            parts, start = [], 0
+            for rows, length in chunks:
+                parts.append(self.encode(source_ids[start:start + rows, :length], prompt))
+                start += rows
+            width = max(mask.shape[1] for _, mask in parts)
+            hidden = torch.cat([nn.functional.pad(out.last_hidden_state, (0, 0, 0, width - mask.shape[1]))
+                                for out, mask in parts])  # [B, T', H]
+            mask = torch.cat([nn.functional.pad(mask, (0, width - mask.shape[1])) for _, mask in parts])  # [B, T']
+            return type(parts[0][0])(last_hidden_state=hidden), mask
         embeds, mask = self.encoder_inputs(source_ids, prompt)
         inputs = {"input_ids": source_ids[:, :self.seq_len]} if embeds is None else {"inputs_embeds": embeds}
         with self.autocast():
@@ -248,11 +261,12 @@ class PromptT5(PromptedModel):
                 self.tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False))
 
     @torch.no_grad()
-    def evaluate_batch(self, batch, prompt, max_length, synced=False):
+    def evaluate_batch(self, batch, prompt, max_length, synced=False, chunks=None):
         """decode + token_losses with one encoder pass, whose output both read, and the decoder's cross-attention
         keys and values computed once, by generate, and reused by the loss: -> (generated strings, target strings,
-        [B] loss sums, [B] target counts), the same numbers as the two calls (tests/test_eval_speed.py)."""
-        encoded = self.encode(batch["source_ids"], prompt)
+        [B] loss sums, [B] target counts), the same numbers as the two calls (tests/test_eval_speed.py).
+        ``chunks``: the encoder runs on these groups of rows (see encode)."""
+        encoded = self.encode(batch["source_ids"], prompt, chunks)
         ids, cross_cache = self.generate(batch["source_ids"], max_length, prompt, synced, encoded, return_cache=True)
         sums, counts = self.token_losses(batch, prompt, encoded, cross_cache)
         return (self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=False),
@@ -270,7 +284,9 @@ def _cross_cache_of(generated, encoder_output):
     """The cross-attention part of generate's cache (transformers' EncoderDecoderCache: one key and value tensor
     per decoder layer, from the encoder output), or None where this transformers version returns none that fits
     (the loss then computes its own)."""
-    cache = getattr(generated, "cache", None) or getattr(generated, "past_key_values", None)
+    cache = getattr(generated, "cache", None)
+    if cache is None:  # transformers versions before the rename
+        cache = getattr(generated, "past_key_values", None)
     cross = getattr(cache, "cross_attention_cache", None)
     layers = getattr(cross, "layers", None)
     batch = encoder_output.last_hidden_state.shape[0]
@@ -364,10 +380,17 @@ class PromptedEncoderClassifier(PromptedModel):
         return [self.label_words[i] for i in out.argmax(-1).tolist()], [self.label_words[g] for g in gold]
 
     @torch.no_grad()
-    def evaluate_batch(self, batch, prompt, max_length=None, synced=False):
+    def evaluate_batch(self, batch, prompt, max_length=None, synced=False, chunks=None):
         """decode + token_losses from one predict(): -> (predicted strings, target strings, [B] losses, [B] ones),
-        the same numbers as the two calls (tests/test_eval_speed.py)."""
-        out, gold = self.predict(batch["source_ids"], prompt), batch["target_ids"][:, 0]  # [B] or [B, C], [B]
+        the same numbers as the two calls (tests/test_eval_speed.py). ``chunks``: [(rows, length)], predict() runs
+        on these consecutive groups of rows, each cut to its ``length`` longest source."""
+        source_ids, gold = batch["source_ids"], batch["target_ids"][:, 0]  # [B, T], [B]
+        if chunks:
+            starts = np.cumsum([0] + [rows for rows, _ in chunks])
+            out = torch.cat([self.predict(source_ids[a:a + rows, :length], prompt)
+                             for a, (rows, length) in zip(starts, chunks)])  # [B] or [B, C]
+        else:
+            out = self.predict(source_ids, prompt)
         values = gold.tolist()
         if self.regression:
             return ([f"{v:.6f}" for v in out.clamp(*STSB_RANGE).tolist()], [f"{g:.6f}" for g in values],

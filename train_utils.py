@@ -169,8 +169,8 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
 
     Runs with the wrapper in eval mode (as the original's validate()) and restores the previous modes. Each batch
     runs the model's encoder once, for both the predictions and the loss (the wrapper's evaluate_batch). Batches
-    hold the rows sorted longest first and are sized by tokens: the first is the ``batch_size`` longest rows, each
-    later one as many rows as fit in as many padded tokens (see _token_batches); with ``pad_to`` every row has the
+    hold rows of similar lengths, sized by tokens: as many as fit in the ``batch_size`` longest rows' tokens, the
+    encoder running on chunks of them with little padding (see _token_batches); with ``pad_to`` every row has the
     same length and a batch is ``batch_size`` rows. The loss is the original's: the mean over consecutive batches
     of ``loss_batch_size`` rows in the split's order (its validation batch was the training batch) of each batch's
     mean token loss; it does not depend on the batches evaluation runs with. With several processes, batch j runs
@@ -186,14 +186,15 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
         n = len(split)
         decoded, targets = [None] * n, [None] * n
         sums, counts = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-        batches = list(_token_batches(split, batch_size, task.target_len, pad_to))
+        batches = list(_token_batches(split, batch_size, task.target_len, pad_to,
+                                      EVAL_BATCH_COST.get(device.type)))
         mine = batches[dist.rank::dist.world]
         local = []  # (rows, decoded, targets, sums, counts) of this rank's batches
         for j in range(-(-len(batches) // dist.world)):
             batch = dict(mine[min(j, len(mine) - 1)]) if mine else dict(batches[0])
-            rows = batch.pop("rows")
+            rows, chunks = batch.pop("rows"), batch.pop("encoder_chunks")
             batch = {k: v.to(device) for k, v in batch.items()}
-            dec, tgt, s, c = _evaluate_batch(wrapper, batch, prompt, task.target_len, dist.enabled)
+            dec, tgt, s, c = _evaluate_batch(wrapper, batch, prompt, task.target_len, dist.enabled, chunks)
             if j < len(mine):  # not a repeat
                 local.append((rows, dec, tgt, s.double().cpu(), c.double().cpu()))
         for part in dist.gather(local):
@@ -211,36 +212,81 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
             m.train(was_training)
 
 
-def _evaluate_batch(wrapper, batch, prompt, max_length, synced):
-    """-> (decoded, targets, [B] loss sums, [B] counts): the wrapper's one-pass evaluate_batch, or for a wrapper
-    without one, its decode and token_losses (two forward passes, the same numbers)."""
+def _evaluate_batch(wrapper, batch, prompt, max_length, synced, chunks=None):
+    """-> (decoded, targets, [B] loss sums, [B] counts): the wrapper's one-pass evaluate_batch (the encoder run
+    on ``chunks``, see _token_batches), or for a wrapper without one, its decode and token_losses (two forward
+    passes on the whole batch, the same numbers up to float noise)."""
     if hasattr(wrapper, "evaluate_batch"):
-        return wrapper.evaluate_batch(batch, prompt, max_length, synced=synced)
+        return wrapper.evaluate_batch(batch, prompt, max_length, synced=synced, chunks=chunks)
     dec, tgt = wrapper.decode(batch, prompt, max_length, synced=synced)
     return (dec, tgt, *wrapper.token_losses(batch, prompt))
 
 
-def _token_batches(split, batch_size, target_len, pad_to=None, max_rows_factor=4):
-    """Evaluation batches (make_batches dicts) of the split's rows sorted longest first, sized by tokens: a batch
-    takes rows while its padded size (rows x its first, longest row) stays within budget = batch_size x the split's
-    longest source, at least one row and at most max_rows_factor x batch_size rows (which bounds the decoder's
-    [rows, target_len, vocabulary] logits). The first batch is thus the batch_size longest rows, as with batches
-    of batch_size rows, and no batch is larger in tokens (nor in attention scores, rows x length^2), so a
-    batch_size that fits the memory still does; shorter rows go in larger batches: fewer generate calls, each of
-    fewer steps in total, and larger decoder matrix products. With ``pad_to`` every row is padded to it: batches
-    of batch_size rows. Every row is scored on its own and results go back to the split's order, so the batches
-    change nothing but speed (and float noise). docs/PERFORMANCE.md compares budgets."""
+# What one more encoder pass costs in evaluation, in padded source tokens: its fixed work (one pass through the
+# encoder's layers, whatever the rows) against the per-token work. On a CPU padding costs FLOPs, and a pass's fixed
+# work is worth some hundred tokens of t5-small (more on a machine shared with other jobs); on a GPU padding is
+# nearly free and launches are not: None, one encoder pass per decoder batch (docs/PERFORMANCE.md).
+EVAL_BATCH_COST = {"cpu": 256}  # other devices: None
+
+
+def _token_batches(split, batch_size, target_len, pad_to=None, batch_cost=EVAL_BATCH_COST["cpu"],
+                   max_rows_factor=4):
+    """Evaluation batches (make_batches dicts) of the split's rows sorted longest first, sized by tokens, in two
+    levels. A batch (what generate and the loss's decoder run on) takes as many rows as memory allows: rows x its
+    longest row <= budget = batch_size x the split's longest source (so no batch is larger, in tokens or in
+    attention scores, rows x length^2, than the batch_size longest rows together, and a batch_size that fits the
+    memory still does) and rows <= max_rows_factor x batch_size (which bounds the decoder's [rows, target_len,
+    vocabulary] logits): few batches, so few generate calls. Its "encoder_chunks", [(rows, length)] (None: one),
+    cut it into consecutive groups that the encoder runs one by one, each padded to its own longest row: the cuts
+    minimize padded tokens + ``batch_cost`` per chunk, exactly (dynamic programming over the sorted rows; None: the
+    fewest chunks), and a batch takes consecutive chunks while it fits. With ``pad_to`` every row is padded to it:
+    batches of batch_size rows, one chunk. Every row is scored on its own and results go back to the split's order,
+    so batches and chunks change nothing but speed (and float noise)."""
     lengths = [len(s) for s in split.source_ids]
     order = sorted(range(len(split)), key=lambda i: -lengths[i])
     if pad_to or not order:
-        yield from make_batches(split, batch_size, target_len, pad_to, order)
+        for batch in make_batches(split, batch_size, target_len, pad_to, order):
+            yield {**batch, "encoder_chunks": None}
         return
-    budget, cap, start = batch_size * max(lengths[order[0]], 1), max_rows_factor * batch_size, 0
-    while start < len(order):
-        size = min(max(1, budget // max(lengths[order[start]], 1)), cap, len(order) - start)
-        rows = order[start:start + size]
-        yield next(make_batches(split, size, target_len, None, rows))  # one batch of exactly these rows
-        start += size
+    ls = [max(lengths[i], 1) for i in order]
+    budget, cap = batch_size * ls[0], max_rows_factor * batch_size
+
+    def fits(i, j):  # rows [i, j) in one batch (a single row always does)
+        return j - i == 1 or ((j - i) * ls[i] <= budget and j - i <= cap)
+
+    chunks = _least_cost_cuts(ls, fits, batch_cost)
+    groups = [[]]  # batches: consecutive chunks while the batch fits
+    for i, j in chunks:
+        if groups[-1] and not fits(groups[-1][0][0], j):
+            groups.append([])
+        groups[-1].append((i, j))
+    for group in groups:
+        i, j = group[0][0], group[-1][1]
+        batch = next(make_batches(split, j - i, target_len, None, order[i:j]))  # exactly these rows
+        yield {**batch, "encoder_chunks": [(b - a, lengths[order[a]]) for a, b in group] if len(group) > 1 else None}
+
+
+def _least_cost_cuts(ls, fits, batch_cost):
+    """Cuts of the lengths ``ls`` (longest first) into consecutive groups [(i, j)] that ``fits(i, j)`` allows,
+    minimizing the padded tokens, sum of (j - i) x ls[i], + batch_cost per group (None: the fewest groups, then the
+    fewest tokens)."""
+    def key(groups, tokens):
+        return (groups, tokens) if batch_cost is None else (tokens + batch_cost * groups, groups)
+
+    n = len(ls)
+    best, cut = [(0, 0)] + [None] * n, [0] * (n + 1)  # best[j]: (groups, padded tokens) of ls[:j]; cut: its last i
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):  # the last group: [i, j), padded to ls[i]
+            if not fits(i, j):
+                break  # larger groups of longer rows do not fit either
+            candidate = (best[i][0] + 1, best[i][1] + (j - i) * ls[i])
+            if best[j] is None or key(*candidate) < key(*best[j]):
+                best[j], cut[j] = candidate, i
+    cuts, j = [], n
+    while j:
+        cuts.append((cut[j], j))
+        j = cut[j]
+    return cuts[::-1]
 
 
 def _mean_of_batch_means(sums, counts, batch_size):

@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py --quick                  # t5-small shape, a few steps: a few minutes on 2 CPU cores
     python scripts/benchmark.py --quick --eval_compare   # + evaluation before/after on all 277 RTE validation rows
+    python scripts/benchmark.py --shape t5-small --configs none --eval_compare --threads 1   # only that, 1 thread
     python scripts/benchmark.py                          # t5-base shape (the paper's), RTE and CB
     python scripts/benchmark.py --device cuda --configs original,ours,ours_bf16,peft
     python scripts/benchmark.py --run_flops RUN_DIR      # FLOPs and MFU of a finished train.py run (gpu_check.sh)
@@ -352,12 +353,15 @@ def eval_compare(model, tokenizer, task_name, data_dir, device, repeats, eval_ro
     before_pred, before_loss = results["before"]
     after = results["after"]
     med = {k: statistics.median(v) for k, v in times.items()}
-    n_batches = {"before": -(-len(val) // EVAL_BATCH),
-                 "after": len(list(tu._token_batches(val, EVAL_BATCH, task.target_len)))}
+    after_batches = list(tu._token_batches(val, EVAL_BATCH, task.target_len, None, tu.EVAL_BATCH_COST.get(device.type)))
+    n_batches = {"before": -(-len(val) // EVAL_BATCH), "after": len(after_batches)}
+    encoder_passes = {"before": 2 * n_batches["before"],
+                      "after": sum(len(b["encoder_chunks"] or [1]) for b in after_batches)}
     return {"task": task_name, "rows": len(val), "repeats": repeats, "seconds": times, "median_s": med,
             "ratio": med["before"] / med["after"],
             "pair_ratios": [b / a for b, a in zip(times["before"], times["after"])],
             "flops": flops, "flop_ratio": flops["before"] / max(flops["after"], 1), "batches": n_batches,
+            "encoder_passes": encoder_passes,
             "same_predictions": before_pred == after["predictions"],
             "loss_rel_diff": abs(after["loss"] - before_loss) / abs(before_loss)}
 
@@ -483,6 +487,9 @@ def main(argv=None):
     p.add_argument("--run_flops", default=None, metavar="RUN_DIR",
                    help="only count the FLOPs of a finished train.py run and report its MFU (see gpu_check.sh)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (torch.set_num_threads; default 0: torch's choice). On a CPU shared with other "
+                        "jobs, 1 avoids threads waiting for each other at every operator")
     p.add_argument("--data_dir", default=SHARED)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -498,6 +505,8 @@ def main(argv=None):
     steps = args.steps or (4 if args.quick else 8)
     eval_rows = args.eval_rows or (32 if args.quick else 64)
     device = tu.resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.configs == "none":
         configs = []
     elif args.configs:
@@ -585,20 +594,21 @@ def main(argv=None):
                            args.compare_rows)
         print(f"\n## evaluation before/after: {cmp['task']}, {cmp['rows']} validation rows, evaluation batch "
               f"{EVAL_BATCH}, {cmp['repeats']} alternating repetitions\n")
-        print("| evaluation | batches | seconds (each repetition) | median s | ex/s | GFLOP |")
-        print("|---|---|---|---|---|---|")
-        for name, label in (("before", "before: 2 encoder passes, 32-row batches"),
-                            ("after", "after: 1 encoder pass, token-sized batches")):
+        print("| evaluation | batches | encoder passes | seconds (each repetition) | median s | ex/s | GFLOP |")
+        print("|---|---|---|---|---|---|---|")
+        for name, label in (("before", "before: 2 encoder passes per batch, 32-row batches"),
+                            ("after", "after: 1 encoder pass per row, token-sized batches")):
             secs = ", ".join(f"{s:.1f}" for s in cmp["seconds"][name])
-            print(f"| {label} | {cmp['batches'][name]} | {secs} | {cmp['median_s'][name]:.1f} | "
-                  f"{cmp['rows'] / cmp['median_s'][name]:.2f} | {cmp['flops'][name] / 1e9:.0f} |")
+            print(f"| {label} | {cmp['batches'][name]} | {cmp['encoder_passes'][name]} | {secs} | "
+                  f"{cmp['median_s'][name]:.1f} | {cmp['rows'] / cmp['median_s'][name]:.2f} | "
+                  f"{cmp['flops'][name] / 1e9:.0f} |")
         print(f"\nspeed-up (median before / median after): **{cmp['ratio']:.2f}×** (per pair: "
               f"{', '.join(f'{r:.2f}' for r in cmp['pair_ratios'])}); FLOPs before / after: {cmp['flop_ratio']:.2f}×; "
               f"same predictions: {cmp['same_predictions']}; loss relative difference {cmp['loss_rel_diff']:.1e}")
         report["eval_compare"] = cmp
     report["load_average_end"] = os.getloadavg()[0]
-    print(f"\n# load average (1 min) at start {report['load_average_start']:.1f}, at end {report['load_average_end']:.1f}"
-          f" on {os.cpu_count()} CPUs")
+    print(f"\n# load average (1 min) at start {report['load_average_start']:.1f}, at end "
+          f"{report['load_average_end']:.1f} on {os.cpu_count()} CPUs")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

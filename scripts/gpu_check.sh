@@ -12,7 +12,8 @@
 #    FLOPs (scripts/benchmark.py --run_flops) for the MFU against the matrix-product rate measured on the device;
 # 4. runs scripts/benchmark.py at that shape: ex/s, FLOP/s and utilization of original / ours / ours_bf16 / peft,
 #    training and evaluation, the top operators, and evaluation before/after the one-pass change;
-# 5. (c) writes every figure to one JSON: $OUT/gpu_check.json when OUT is set, else in its work folder (printed).
+# 5. (c) writes every figure to one JSON: $OUT/gpu_check.json (and the step logs to $OUT/gpu_check_logs/) when OUT
+#    is set, else ./gpu_check.json. The work folder (in $TMPDIR) is removed at the end; GPU_CHECK_KEEP=1 keeps it.
 # Every step has a time limit and the later, optional steps are skipped when the time budget is spent; the JSON
 # says what ran, what passed and how long each step took. Exit status 0 when every step that ran succeeded.
 set -u
@@ -23,21 +24,27 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=${2:?--device needs a value}; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: error: unknown argument $1 (valid: --device DEV, --quick)" >&2; exit 2 ;;
   esac
 done
 
+START_DIR=$PWD
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python}
 DATA=${RPT_DATA_DIR:-$(dirname "$ROOT")/shared/data}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 RESULT=${OUT:+$OUT/gpu_check.json}
-RESULT=${RESULT:-$WORK/gpu_check.json}
+RESULT=${RESULT:-$START_DIR/gpu_check.json}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 STEPS="$WORK/steps.tsv"
 : > "$STEPS"
+finish() {  # the step logs go beside the JSON (small); the work folder (the model: ~900 MB at t5-base) is removed
+  if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/gpu_check_logs" && cp "$WORK"/*.log "$WORK"/*.json "$OUT/gpu_check_logs/" 2>/dev/null; fi
+  [ "${GPU_CHECK_KEEP:-0}" = 1 ] || rm -rf "$WORK"
+}
+trap finish EXIT
 
 if [ ! -d "$DATA/t5_vocab" ] || [ ! -d "$DATA/super_glue" ]; then
   echo "gpu_check.sh: error: $DATA has no t5_vocab/ or super_glue/: set RPT_DATA_DIR to the shared data folder" >&2
@@ -76,7 +83,7 @@ MODEL="$WORK/model_$SHAPE"
 step make_model 180 required -- "$PY" scripts/make_tiny_t5.py "$MODEL" --shape "$SHAPE" --vocab_dir "$DATA/t5_vocab"
 
 RPT_GPU_MODEL="$MODEL" RPT_SHARED="$(dirname "$DATA")" \
-  step gpu_tests 240 required -- "$PY" -m pytest -q -rs -m gpu tests/test_gpu.py --junitxml "$WORK/gpu_tests.xml"
+  step gpu_tests 300 required -- "$PY" -m pytest -q -rs -m gpu tests/test_gpu.py --junitxml "$WORK/gpu_tests.xml"
 
 for prec in "${PRECISIONS[@]}"; do
   opt=required; [ "$prec" = fp32 ] || opt=optional
@@ -137,7 +144,7 @@ for name in sorted(os.listdir(os.path.join(work, "runs"))) if os.path.isdir(os.p
     if os.path.exists(flops):
         with open(flops) as f:
             entry["flops"] = json.load(f)
-        entry["mfu"] = entry["flops"]["mfu"]
+        entry["mfu"] = entry["flops"].get("mfu")
     runs[name] = entry
 out["cb_runs"] = runs
 bench = os.path.join(work, "benchmark.json")
@@ -151,10 +158,13 @@ with open(result, "w") as f:
     json.dump(out, f, indent=2)
 print(f"== summary: {'OK' if not bad else 'PROBLEMS: ' + ', '.join(bad)}")
 for name, r in runs.items():
-    if "mfu" in r:
-        print(f"   {name}: {r['wall_time_s']:.0f} s for {r['flops']['epochs']} epochs, "
-              f"{r['flops']['achieved_flops_per_s'] / 1e12:.2f} TFLOP/s achieved, MFU {100 * r['mfu']:.1f} % of the "
-              f"measured {r['flops']['matmul_dtype']} matmul rate ({r['flops']['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s)")
+    f = r.get("flops")
+    if f and f.get("wall_time_s"):
+        print(f"   {name}: {f['wall_time_s']:.0f} s for {f['epochs']} epochs, {f['achieved_flops_per_s'] / 1e12:.3f} "
+              f"TFLOP/s achieved, MFU {100 * f['mfu']:.1f} % of the {f['matmul_dtype']} matrix-product rate "
+              f"measured there ({f['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s)")
+    else:
+        print(f"   {name}: complete {r['complete']}, no FLOP count")
 if "gpu_tests" in out:
     t = out["gpu_tests"]
     print(f"   gpu tests: {t['passed']} passed, {t['failure'] + t['error']} failed, {t['skipped']} skipped")

@@ -1,9 +1,10 @@
-"""Evaluation does each piece of work once: one encoder pass per batch feeds both the generation and the loss
-(the wrappers' evaluate_batch), in batches sized by tokens. Same numbers as the two-pass path (decode, then
-token_losses, each running the encoder): identical predictions, losses within 1e-6 relative.
+"""Evaluation does each piece of work once: one encoder pass per row feeds both the generation and the loss
+(the wrappers' evaluate_batch), the loss reuses generate's cross-attention keys and values, and batches are sized
+by tokens (few decoder batches; the encoder on chunks of them with little padding). Same numbers as the two-pass
+path (decode, then token_losses, each running the encoder): identical predictions, losses within 1e-6 relative.
 
 Runs anywhere: tiny random models, the CB rows and the tokenizer written in tests/fixtures (no ../shared).
-Speed itself is measured by scripts/benchmark.py --eval_only (docs/PERFORMANCE.md), never asserted here.
+Speed itself is measured by scripts/benchmark.py --eval_compare (docs/PERFORMANCE.md), never asserted here.
 """
 import numpy as np
 import pytest
@@ -24,6 +25,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def small_chunk_cost(monkeypatch):
+    """The fixture rows are 4 to 30 tokens long: at the CPU's cost of an encoder pass (256 tokens) no chunk would
+    pay off; at 1 evaluation cuts its batches into chunks, which the tests then cover."""
+    monkeypatch.setitem(tu.EVAL_BATCH_COST, "cpu", 1)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +66,9 @@ def two_pass(wrapper, batch, prompt, max_length):
 
 
 def batches_of(split, task, batch_size):
-    return [({k: v for k, v in b.items() if k != "rows"}, b["rows"])
-            for b in tu._token_batches(split, batch_size, task.target_len)]
+    """evaluate's batches on a CPU: (tensors, rows, encoder chunks)."""
+    return [({k: v for k, v in b.items() if k not in ("rows", "encoder_chunks")}, b["rows"], b["encoder_chunks"])
+            for b in tu._token_batches(split, batch_size, task.target_len, batch_cost=tu.EVAL_BATCH_COST["cpu"])]
 
 
 def assert_same(one, two, rel=1e-6):
@@ -70,16 +79,23 @@ def assert_same(one, two, rel=1e-6):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_t5_evaluate_batch_equals_decode_plus_token_losses(written_t5_tokenizer, cb, precision):
+    """On each of evaluate's batches: the one-pass path, with the encoder on the batch's chunks and on the whole
+    batch, against decode + token_losses on the whole batch."""
     task, split = cb
     wrapper = tiny_t5(written_t5_tokenizer, precision)
     prompt = wrapper.projected_prompt()
-    preds = []
+    preds, chunked = [], 0
     with torch.no_grad():
-        for batch, _ in batches_of(split, task, 4):
-            one = wrapper.evaluate_batch(batch, prompt, task.target_len)
-            assert_same(one, two_pass(wrapper, batch, prompt, task.target_len))
-            preds += one[0]
-    assert len(set(preds)) > 2  # the comparison is not between constant predictions
+        for batch, _, chunks in batches_of(split, task, 4):
+            two = two_pass(wrapper, batch, prompt, task.target_len)
+            whole = wrapper.evaluate_batch(batch, prompt, task.target_len)
+            assert whole[:2] == two[:2] and torch.equal(whole[2], two[2])  # the same calls: bit for bit
+            # chunks pad less, so products of other shapes: float noise, at bf16's precision under bf16 autocast
+            assert_same(wrapper.evaluate_batch(batch, prompt, task.target_len, chunks=chunks), two,
+                        rel=1e-6 if precision == "fp32" else 1e-2)
+            preds += whole[0]
+            chunked += bool(chunks)
+    assert len(set(preds)) > 2 and chunked  # not constant predictions; chunks were tried
 
 
 def test_t5_evaluate_batch_without_a_prompt(written_t5_tokenizer, cb):
@@ -87,12 +103,31 @@ def test_t5_evaluate_batch_without_a_prompt(written_t5_tokenizer, cb):
     task, split = cb
     wrapper = tiny_t5(written_t5_tokenizer)
     with torch.no_grad():
-        for batch, _ in batches_of(split, task, 8)[:2]:
-            assert_same(wrapper.evaluate_batch(batch, None, task.target_len),
+        for batch, _, chunks in batches_of(split, task, 8)[:2]:
+            assert_same(wrapper.evaluate_batch(batch, None, task.target_len, chunks=chunks),
                         two_pass(wrapper, batch, None, task.target_len))
 
 
-def test_evaluation_runs_the_encoder_once_per_batch(written_t5_tokenizer, cb):
+def test_chunks_pad_less_than_their_batch(written_t5_tokenizer, cb):
+    task, split = cb
+    wrapper = tiny_t5(written_t5_tokenizer)
+    batch, _, chunks = next(b for b in batches_of(split, task, 4) if b[2])
+    widths = []
+    handle = wrapper.model.get_encoder().register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["inputs_embeds"].shape[:2]), with_kwargs=True)
+    try:
+        encoded, mask = wrapper.encode(batch["source_ids"], wrapper.projected_prompt(), chunks)
+    finally:
+        handle.remove()
+    P = wrapper.prompt_len
+    assert widths == [(rows, length + P) for rows, length in chunks]  # each chunk cut to its own longest row
+    assert encoded.last_hidden_state.shape[:2] == mask.shape == (batch["source_ids"].shape[0],
+                                                                 batch["source_ids"].shape[1] + P)
+    lengths = (batch["source_ids"] != 0).sum(1) + P
+    assert torch.equal(mask.sum(1), lengths)  # the chunks' padding is masked like the batch's own
+
+
+def test_evaluation_runs_the_encoder_once_per_chunk(written_t5_tokenizer, cb):
     task, split = cb
     wrapper = tiny_t5(written_t5_tokenizer)
     calls = []
@@ -101,7 +136,8 @@ def test_evaluation_runs_the_encoder_once_per_batch(written_t5_tokenizer, cb):
         tu.evaluate(wrapper, split, task, batch_size=4, loss_batch_size=8)
     finally:
         handle.remove()
-    assert len(calls) == len(batches_of(split, task, 4)) > 1
+    batches = batches_of(split, task, 4)
+    assert len(calls) == sum(len(chunks or [1]) for _, _, chunks in batches) and len(batches) > 1
 
 
 def test_the_loss_reuses_generates_cross_attention_keys_and_values(written_t5_tokenizer, cb):
@@ -113,10 +149,10 @@ def test_the_loss_reuses_generates_cross_attention_keys_and_values(written_t5_to
     calls = []
     handle = key_projection.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
     prompt = wrapper.projected_prompt()
-    batch, _ = batches_of(split, task, 4)[0]
+    batch, _, chunks = batches_of(split, task, 4)[0]
     try:
         with torch.no_grad():
-            wrapper.evaluate_batch(batch, prompt, task.target_len)
+            wrapper.evaluate_batch(batch, prompt, task.target_len, chunks=chunks)
             one_pass = list(calls)
             calls.clear()
             two_pass(wrapper, batch, prompt, task.target_len)
@@ -144,16 +180,16 @@ def test_evaluate_equals_the_two_pass_path(written_t5_tokenizer, cb):
     task, split = cb
     wrapper = tiny_t5(written_t5_tokenizer)
     res = tu.evaluate(wrapper, split, task, batch_size=4, loss_batch_size=8)
-    decoded, loss = reference_evaluate(wrapper, split, task, batches_of(split, task, 4), 8)
+    decoded, loss = reference_evaluate(wrapper, split, task, [b[:2] for b in batches_of(split, task, 4)], 8)
     assert res["predictions"] == decoded
     assert res["loss"] == pytest.approx(loss, rel=1e-6)
-    # and the previous batching (batches of 4 rows, longest first): other paddings, so float noise only
+    # and the previous batching (batches of 4 rows, longest first)
     order = sorted(range(len(split)), key=lambda i: -len(split.source_ids[i]))
     by_rows = [({k: v for k, v in b.items() if k != "rows"}, b["rows"])
                for b in tu.make_batches(split, 4, task.target_len, None, order)]
     decoded_rows, loss_rows = reference_evaluate(wrapper, split, task, by_rows, 8)
     assert res["predictions"] == decoded_rows
-    assert res["loss"] == pytest.approx(loss_rows, rel=1e-5)
+    assert res["loss"] == pytest.approx(loss_rows, rel=1e-6)
 
 
 def test_the_loss_keeps_its_batches_whatever_the_evaluation_batches(written_t5_tokenizer, cb):
@@ -167,25 +203,58 @@ def test_the_loss_keeps_its_batches_whatever_the_evaluation_batches(written_t5_t
     results = [tu.evaluate(wrapper, split, task, batch_size=bs, loss_batch_size=8) for bs in (1, 3, 64)]
     for res in results:
         assert res["predictions"] == results[0]["predictions"]
-        assert res["loss"] == pytest.approx(np.mean(means), rel=1e-5)
+        assert res["loss"] == pytest.approx(np.mean(means), rel=1e-6)
 
 
 def test_token_batches_hold_every_row_once_within_the_budget(written_t5_tokenizer, cb):
     task, split = cb
     lengths = [len(s) for s in split.source_ids]
     for batch_size in (1, 2, 4, 8, 64):
-        batches = list(tu._token_batches(split, batch_size, task.target_len))
-        rows = [i for b in batches for i in b["rows"]]
-        assert sorted(rows) == list(range(len(split)))  # every row, once
-        assert [lengths[i] for i in rows] == sorted(lengths, reverse=True)  # longest first
-        assert batches[0]["rows"] == rows[:min(batch_size, len(split))]  # the first: batch_size longest rows
-        budget = batch_size * max(lengths)
-        for b in batches:
-            n, t = b["source_ids"].shape
-            assert t == max(lengths[i] for i in b["rows"])  # padded to its longest row
-            assert n * t <= budget and n <= 4 * batch_size
-            assert b["target_ids"].shape == (n, task.target_len)
-    assert len(list(tu._token_batches(split, 4, task.target_len))) < len(split) / 4  # short rows: larger batches
+        for cost in (0, 8, 256, None):
+            batches = list(tu._token_batches(split, batch_size, task.target_len, batch_cost=cost))
+            rows = [i for b in batches for i in b["rows"]]
+            assert sorted(rows) == list(range(len(split)))  # every row, once
+            assert [lengths[i] for i in rows] == sorted(lengths, reverse=True)  # longest first
+            budget = batch_size * max(lengths)
+            for b in batches:
+                n, t = b["source_ids"].shape
+                assert t == max(lengths[i] for i in b["rows"])  # padded to its longest row
+                assert n * t <= budget and n <= 4 * batch_size
+                assert b["target_ids"].shape == (n, task.target_len)
+                chunks = b["encoder_chunks"] or [(n, t)]
+                assert sum(r for r, _ in chunks) == n
+                starts = np.cumsum([0] + [r for r, _ in chunks])[:-1]
+                assert [length for _, length in chunks] == [lengths[b["rows"][a]] for a in starts]
+
+
+def encoder_tokens(batches):
+    return sum(sum(r * length for r, length in (b["encoder_chunks"] or [tuple(b["source_ids"].shape)]))
+               for b in batches)
+
+
+def test_token_batches_trade_padding_against_the_number_of_encoder_passes(written_t5_tokenizer, cb):
+    task, split = cb
+    lengths = sorted((len(s) for s in split.source_ids), reverse=True)
+    free = list(tu._token_batches(split, 4, task.target_len, batch_cost=0))
+    assert encoder_tokens(free) == sum(lengths)  # encoder passes cost nothing: no padding at all
+    fewest = list(tu._token_batches(split, 4, task.target_len, batch_cost=None))
+    assert all(b["encoder_chunks"] is None for b in fewest)
+    greedy, start = 0, 0  # the fewest batches: fill each as far as the bounds allow
+    while start < len(lengths):
+        start += min(4 * 4, max(1, 4 * lengths[0] // lengths[start]), len(lengths) - start)
+        greedy += 1
+    assert len(fewest) == greedy < len(split) / 4  # short rows: larger batches than batch_size rows
+    middle = list(tu._token_batches(split, 4, task.target_len, batch_cost=8))
+
+    def passes(batches):
+        return sum(len(b["encoder_chunks"] or [1]) for b in batches)
+
+    assert passes(fewest) <= passes(middle) <= passes(free)
+    assert encoder_tokens(free) <= encoder_tokens(middle) <= encoder_tokens(fewest)
+    assert len(middle) <= len(split) / 4  # few decoder batches whatever the chunks
+    by_rows = list(tu.make_batches(split, 4, task.target_len, None, sorted(range(len(split)),
+                                                                            key=lambda i: -len(split.source_ids[i]))))
+    assert encoder_tokens(middle) + 8 * passes(middle) <= sum(b["source_ids"].numel() + 8 for b in by_rows)
     fixed = list(tu._token_batches(split, 4, task.target_len, pad_to=512))  # --pad_to_max_length: rows, as before
     assert [tuple(b["source_ids"].shape) for b in fixed] == [(4, 512)] * 7 + [(2, 512)]
 
@@ -228,9 +297,10 @@ def test_encoder_evaluate_batch_equals_decode_plus_token_losses(tmp_path, regres
     task = data_utils.get_task("stsb" if regression else "sst2")
     prompt = wrapper.projected_prompt()
     with torch.no_grad():
-        for batch, _ in batches_of(split, task, 4):
-            one = wrapper.evaluate_batch(batch, prompt, task.target_len)
+        for batch, _, chunks in batches_of(split, task, 4):
             two = (*wrapper.decode(batch, prompt), *wrapper.token_losses(batch, prompt))
-            assert_same(one, two)
+            one = wrapper.evaluate_batch(batch, prompt, task.target_len)
+            assert one[:2] == two[:2] and torch.equal(one[2], two[2])  # the same predict(): bit for bit
+            assert_same(wrapper.evaluate_batch(batch, prompt, task.target_len, chunks=chunks), two)
     res = tu.evaluate(wrapper, split, task, batch_size=4, loss_batch_size=4)
     assert len(res["predictions"]) == 12 and np.isfinite(res["loss"])
