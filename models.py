@@ -3,6 +3,7 @@ trainer (train_utils.py) calls without knowing which it has:
 
     loss(batch, prompt)  token_losses(batch, prompt) -> ([B] sums, [B] counts)  n_targets(batch)
     decode(batch, prompt) -> (predicted strings, target strings)  projected_prompt()  autocast()
+    evaluate_batch(batch, prompt, max_length, synced, chunks) -> (predicted, targets, [B] sums, [B] counts)
     snapshot()  trainable_state()  load_trainable_state(state)
 
 Both wrappers compose one prompts.SoftPrompt; ``build_model`` is the one place a run's arguments become a
@@ -171,6 +172,11 @@ class PromptT5(PromptedModel):
         mask = torch.cat([mask.new_ones(b, prompt.shape[0]), mask], dim=1)  # [B, P+T]
         return embeds[:, :self.seq_len], mask[:, :self.seq_len]
 
+    def _encoder_kwargs(self, source_ids, prompt):
+        """-> ({"inputs_embeds": [B, T', H]} or, without a prompt, {"input_ids": [B, T']}, attention mask [B, T'])."""
+        embeds, mask = self.encoder_inputs(source_ids, prompt)
+        return ({"input_ids": source_ids[:, :self.seq_len]} if embeds is None else {"inputs_embeds": embeds}), mask
+
     def _forward(self, batch, prompt, encoded=None, hf_loss=True, cross_cache=None):
         """The teacher-forced forward. ``encoded``: (encoder output, mask) of this batch from ``encode``, which then
         is not run again; ``cross_cache``: the decoder's cross-attention keys and values of that output, computed by
@@ -179,8 +185,7 @@ class PromptT5(PromptedModel):
         source_ids, target_ids = batch["source_ids"], batch["target_ids"]
         labels = target_ids.masked_fill(target_ids == self.pad_id, -100)  # [B, L]
         if encoded is None:
-            embeds, mask = self.encoder_inputs(source_ids, prompt)
-            inputs = {"input_ids": source_ids[:, :self.seq_len]} if embeds is None else {"inputs_embeds": embeds}
+            inputs, mask = self._encoder_kwargs(source_ids, prompt)
         else:
             inputs, mask = {"encoder_outputs": encoded[0]}, encoded[1]
         # the decoder reads labels shifted right (what transformers does with labels=), without its loss when unused
@@ -229,8 +234,7 @@ class PromptT5(PromptedModel):
                                 for out, mask in parts])  # [B, T', H]
             mask = torch.cat([nn.functional.pad(mask, (0, width - mask.shape[1])) for _, mask in parts])  # [B, T']
             return type(parts[0][0])(last_hidden_state=hidden), mask
-        embeds, mask = self.encoder_inputs(source_ids, prompt)
-        inputs = {"input_ids": source_ids[:, :self.seq_len]} if embeds is None else {"inputs_embeds": embeds}
+        inputs, mask = self._encoder_kwargs(source_ids, prompt)
         with self.autocast():
             return self.model.get_encoder()(**inputs, attention_mask=mask, return_dict=True), mask
 
@@ -247,16 +251,14 @@ class PromptT5(PromptedModel):
                 out = self.model.generate(encoder_outputs=encoded[0], attention_mask=encoded[1],
                                           return_dict_in_generate=return_cache, **kwargs)
             return (out.sequences, _cross_cache_of(out, encoded[0])) if return_cache else out
-        embeds, mask = self.encoder_inputs(source_ids, prompt)
+        inputs, mask = self._encoder_kwargs(source_ids, prompt)
         with self.autocast():
-            if embeds is None:
-                return self.model.generate(input_ids=source_ids[:, :self.seq_len], attention_mask=mask, **kwargs)
-            return self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+            return self.model.generate(**inputs, attention_mask=mask, **kwargs)
 
     @torch.no_grad()
-    def decode(self, batch, prompt, max_length, synced=False, encoded=None):
+    def decode(self, batch, prompt, max_length, synced=False):
         """-> (generated strings, target strings) of a batch, the two lists data_utils.evaluate compares."""
-        out = self.generate(batch["source_ids"], max_length, prompt, synced=synced, encoded=encoded)
+        out = self.generate(batch["source_ids"], max_length, prompt, synced=synced)
         return (self.tokenizer.batch_decode(out.tolist(), skip_special_tokens=False),
                 self.tokenizer.batch_decode(batch["target_ids"].tolist(), skip_special_tokens=False))
 

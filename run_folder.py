@@ -327,11 +327,12 @@ class RunFolder:
     def write_args(self, args: dict):
         save_json(self.file(ARGS), args)
 
-    def write_results(self, results: dict, history: History):
+    def write_results(self, results: dict, history: History) -> dict:
         score_dict = {"val": {"acc": [e["metric"] for e in history.evals], "loss": [e["loss"] for e in history.evals]},
                       "train": {"acc": history.train_acc, "loss": history.train_loss}}
         save_npy(self.file(SCORES), score_dict, allow_pickle=True)
         save_json(self.file(RESULTS), results)
+        return results
 
     def log_metrics(self, record: dict):
         """Append one line to metrics.jsonl (followed live: tail -f, or pandas.read_json(path, lines=True)). A run

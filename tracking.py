@@ -22,11 +22,9 @@ class TensorBoard(NoTracker):
     """Event files under RUN_DIR/tensorboard (tensorboard --logdir RUN_DIR); scalars keyed train/* and eval/*."""
 
     def __init__(self, log_dir, config: dict):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("--report_to tensorboard needs the tensorboard package: pip install tensorboard, or "
-                              "use --report_to none") from None
+        check_available("tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir)
         self.writer.add_text("args", "\n".join(f"    {k}: {v}" for k, v in sorted(config.items())))
 
@@ -42,11 +40,9 @@ class TensorBoard(NoTracker):
 
 class WandB(NoTracker):
     def __init__(self, run_name, config: dict):
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError("--report_to wandb needs the wandb package: pip install wandb (offline: WANDB_MODE="
-                              "offline), or use --report_to none") from None
+        check_available("wandb")
+        import wandb
+
         self.run = wandb.init(name=run_name, config=config)
 
     def log(self, record: dict):

@@ -147,6 +147,10 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
         raise ConfigError(f"task {task.name}: the training or validation split is empty after selection; "
                           f"check --select_k_per_class / --limit_val_set")
     fingerprint = data_utils.data_fingerprint(splits)
+    if args.select_k_per_class != -1 and data_utils.few_shot_sizes(task, args.select_k_per_class,
+                                                                   bool(args.get_test_subset))[0] == -1:
+        print(f"note: {task.name} trains on all its rows: the original's few-shot rule ignores --select_k_per_class "
+              f"{args.select_k_per_class} for it (docs/FAITHFULNESS.md)")
 
     # ---- model and optimizer (and the state to continue from) ----
     model, tokenizer = models.load_model(args.model_name)
@@ -178,7 +182,7 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
 
     def write_results(history, final=None):
         if dist.is_main:
-            folder.write_results(rf.results_record(info, history, final, elapsed(), test_history=bool(
+            return folder.write_results(rf.results_record(info, history, final, elapsed(), test_history=bool(
                 args.test_eval_after_every_task and test is not None)), history)
 
     def write_state(s):
@@ -214,8 +218,7 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
         for split, preds in predictions.items():
             folder.write_predictions(split, _prediction_rows(task, splits[split], preds))
         folder.save_final(best, arg_dict, history, wrapper)
-        write_results(history, final={**final, "complete": True})
-        folder.write_all_results(rf.read_json(folder.file(rf.RESULTS)))
+        folder.write_all_results(write_results(history, final={**final, "complete": True}))
         folder.finish()
     print(f"done: {task.name}{_summary(history, final)} -> {folder.path}")
     return 0

@@ -194,7 +194,7 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
             batch = dict(mine[min(j, len(mine) - 1)]) if mine else dict(batches[0])
             rows, chunks = batch.pop("rows"), batch.pop("encoder_chunks")
             batch = {k: v.to(device) for k, v in batch.items()}
-            dec, tgt, s, c = _evaluate_batch(wrapper, batch, prompt, task.target_len, dist.enabled, chunks)
+            dec, tgt, s, c = wrapper.evaluate_batch(batch, prompt, task.target_len, synced=dist.enabled, chunks=chunks)
             if j < len(mine):  # not a repeat
                 local.append((rows, dec, tgt, s.double().cpu(), c.double().cpu()))
         for part in dist.gather(local):
@@ -210,16 +210,6 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
     finally:
         for m, was_training in modes:
             m.train(was_training)
-
-
-def _evaluate_batch(wrapper, batch, prompt, max_length, synced, chunks=None):
-    """-> (decoded, targets, [B] loss sums, [B] counts): the wrapper's one-pass evaluate_batch (the encoder run
-    on ``chunks``, see _token_batches), or for a wrapper without one, its decode and token_losses (two forward
-    passes on the whole batch, the same numbers up to float noise)."""
-    if hasattr(wrapper, "evaluate_batch"):
-        return wrapper.evaluate_batch(batch, prompt, max_length, synced=synced, chunks=chunks)
-    dec, tgt = wrapper.decode(batch, prompt, max_length, synced=synced)
-    return (dec, tgt, *wrapper.token_losses(batch, prompt))
 
 
 # What one more encoder pass costs in evaluation, in padded source tokens: its fixed work (one pass through the

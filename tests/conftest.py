@@ -136,3 +136,14 @@ def t5_tokenizer(golden_dir):
 def tiny_t5_dir(data_dir, tmp_path_factory) -> Path:
     """A random tiny T5 (d_model 32, dropout 0.1) with the real tokenizer, written by scripts/make_tiny_t5.py."""
     return _make_tiny_t5(data_dir / "t5_vocab", tmp_path_factory.mktemp("tiny_t5"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster on one thread than on two busy cores (thread synchronization dominates)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -28,13 +28,7 @@ def tok(tmp_path_factory):
     return BertTokenizer(str(path))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~50x faster on one thread than on two busy cores (thread synchronization dominates)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models run faster on one thread
 
 
 def tiny_bert(seed=0, dropout=0.0):

@@ -18,13 +18,7 @@ from prompts import SoftPrompt
 from res_mlp import build_reparam
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread than on two busy cores (thread synchronization dominates)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models run faster on one thread
 
 
 @pytest.fixture(autouse=True)
@@ -257,22 +251,6 @@ def test_token_batches_trade_padding_against_the_number_of_encoder_passes(writte
     assert encoder_tokens(middle) + 8 * passes(middle) <= sum(b["source_ids"].numel() + 8 for b in by_rows)
     fixed = list(tu._token_batches(split, 4, task.target_len, pad_to=512))  # --pad_to_max_length: rows, as before
     assert [tuple(b["source_ids"].shape) for b in fixed] == [(4, 512)] * 7 + [(2, 512)]
-
-
-def test_a_wrapper_without_evaluate_batch_still_evaluates(written_t5_tokenizer, cb):
-    """The trainer works on any wrapper: without evaluate_batch, it calls decode and token_losses."""
-    task, split = cb
-    wrapper = tiny_t5(written_t5_tokenizer)
-
-    class TwoPass:  # everything the wrapper offers but evaluate_batch
-        def __getattr__(self, name):
-            if name == "evaluate_batch":
-                raise AttributeError(name)
-            return getattr(wrapper, name)
-
-    res = tu.evaluate(TwoPass(), split, task, batch_size=4, loss_batch_size=8)
-    ref = tu.evaluate(wrapper, split, task, batch_size=4, loss_batch_size=8)
-    assert res["predictions"] == ref["predictions"] and res["loss"] == pytest.approx(ref["loss"], rel=1e-6)
 
 
 # ---- the encoder wrapper: one predict() feeds both --------------------------------------------------------------
