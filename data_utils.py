@@ -703,6 +703,19 @@ def evaluate(task: Task, decoded: list[str], targets: list[str], groups=None, of
             "official": official_metrics(task, decoded, targets, official_groups)}
 
 
+def constant_score(task: Task, targets: list[str], groups=None, max_labels: int = 10):
+    """What "no signal" scores on these rows: the best early-stopping score of a constant prediction (one label for
+    every row), tried for each label that occurs. Correlation metrics (Pearson, Matthews) give 0 for a constant;
+    None when the rows hold more than ``max_labels`` distinct targets (free text)."""
+    if task.metric == "pearson":
+        return 0.0
+    labels = sorted(set(targets))
+    if not labels or len(labels) > max_labels:
+        return None
+    scores = [evaluate(task, [t] * len(targets), targets, groups=groups)["score"] for t in labels]
+    return float(max(0.0 if math.isnan(v) else v for v in scores))
+
+
 # ---------------------------------------------------------------------------------------------- registry
 # Last in the file: each Task checks its option names against the tables above when it is built.
 _GLUE, _SG = ("nyu-mll/glue",), ("aps/super_glue",)

@@ -460,13 +460,14 @@ class Run:
 def method_label(args: dict) -> str:
     """The method a run trains, named as in the paper's tables.
 
-    prefix_len 0 -> "Fine-tuning"; prefix_MLP None -> "PT" (Lester et al.); a network with the skip connection ->
+    prefix_len 0 -> "Fine-tuning", or "Head only" when the model is frozen (an encoder's head-only control);
+    prefix_MLP None -> "PT" (Lester et al.); a network with the skip connection ->
     "Residual PT (MLP1)"; without it -> "PT + MLP1 (no residual)" (same rule for MLP2, LSTM*, transformer).
     A prompt trained together with model weights adds " + fine-tuning" (--freeze_weights 0) or
     " + 'shared' trained" (--freeze_except shared).
     """
     if int(args.get("prefix_len", 10)) == 0:
-        return "Fine-tuning"
+        return "Head only" if int(args.get("freeze_weights", 0)) else "Fine-tuning"
     net = str(args.get("prefix_MLP", "None"))
     if net == "None":
         label = "PT"
@@ -482,11 +483,11 @@ def method_label(args: dict) -> str:
 
 
 def method_rank(label: str) -> tuple:
-    """Row order of tables and legends: fine-tuning, PT, Residual PT, other reparameterizations."""
-    for i, prefix in enumerate(("Fine-tuning", "PT", "Residual PT", "PT + ")):
-        if label == prefix or (i >= 2 and label.startswith(prefix)):
+    """Row order of tables and legends: head only, fine-tuning, PT, Residual PT, other reparameterizations."""
+    for i, prefix in enumerate(("Head only", "Fine-tuning", "PT", "Residual PT", "PT + ")):
+        if label == prefix or (i >= 3 and label.startswith(prefix)):
             return i, label
-    return 4, label
+    return 5, label
 
 
 def task_rank(task: str) -> tuple:

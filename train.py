@@ -283,6 +283,7 @@ def _final_eval(args, wrapper, task, val, test, dist):
     if test is not None:
         res_test = tu.evaluate(wrapper, test, task, **kwargs)
         final["test"], predictions["test"] = _scores(res_test), res_test["predictions"]
+        final["test"]["constant_score"] = data_utils.constant_score(task, res_test["targets"], test.groups)
     elif args.test_eval_after_every_task:
         final["final_eval"] = {"split": "validation", **_scores(res_val)}
     return final, predictions

@@ -165,7 +165,7 @@ def _device(wrapper):
 @torch.no_grad()
 def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=None, dist=SINGLE):
     """Greedy generation (T5) or the head's prediction (encoders) + the original's normalization and metric, the
-    official metric, and the loss. Returns {"score", "metric", "official", "loss", "predictions"}.
+    official metric, and the loss. Returns {"score", "metric", "official", "loss", "predictions", "targets"}.
 
     Runs with the wrapper in eval mode (as the original's validate()) and restores the previous modes. Each batch
     runs the model's encoder once, for both the predictions and the loss (the wrapper's evaluate_batch). Batches
@@ -205,7 +205,7 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
         result = data_utils.evaluate(task, decoded, targets, groups=split.groups,
                                      official_groups=split.official_groups)
         result["loss"] = _mean_of_batch_means(sums, counts, loss_batch_size or batch_size)
-        result["predictions"] = decoded
+        result["predictions"], result["targets"] = decoded, targets
         return result
     finally:
         for m, was_training in modes:

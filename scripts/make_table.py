@@ -13,6 +13,12 @@ std is the sample standard deviation (ddof=1; none for a single seed). "Avg" is 
 (blank when the row lacks a task). Incomplete runs and runs without the chosen score are skipped with a warning;
 a cell that averages runs differing in another argument (say lr) is warned about, naming the --group_by to add.
 
+--paired A B replaces the table by paired differences A − B (method labels as in the table, e.g.
+"Residual PT (MLP1)" PT): runs of A and B are paired when they share task, seed, data_seed and the --group_by
+values (their learning rates may differ: each method at its own chosen lr); per task and over all pairs: n, the mean
+difference, its 95% t-interval, the std, and wins / ties / losses of A. --spread KEY adds, per method and task,
+how the cell means move across KEY's values (e.g. lr): the best and worst value, their means, range and std.
+
 Prints a markdown table on stdout (warnings go to stderr, so `> table.md` keeps the table only). With --out PREFIX
 it also writes PREFIX.csv (one line per cell: method, group values, task, n, mean, std, seeds; unrounded) and
 PREFIX.tex (the printed table, via pandas.DataFrame.to_latex); without --out nothing is written.
@@ -43,6 +49,10 @@ def build_parser():
     p.add_argument("--metric", default="best_val", choices=run_folder.METRICS,
                    help="best_val: results.json best_val_score; test: the test subset's score of the best state")
     p.add_argument("--group_by", default="", help="comma-separated args.json keys that split rows (e.g. lr,prefix_len)")
+    p.add_argument("--paired", nargs=2, metavar=("A", "B"), default=None,
+                   help="print paired differences A - B (method labels) per task instead of the table")
+    p.add_argument("--spread", default=None, metavar="KEY",
+                   help="also print, per method and task, the spread of the cell means across KEY (a --group_by key)")
     p.add_argument("--out", default=None, metavar="PREFIX",
                    help="also write PREFIX.csv and PREFIX.tex, replacing earlier ones (default: print only)")
     return p
@@ -108,6 +118,66 @@ def display_table(cells, tasks, group_by, show_n):
     return pd.DataFrame(list(rows.values()), columns=["Method", *group_by, *tasks, "Avg"]).fillna("–")
 
 
+def paired(df, runs, a, b, group_by):
+    """Rows of paired differences A − B (x 100): per task, then "All" over every pair."""
+    by_path = {r.path: r for r in runs}
+    labels = set(df["method"])
+    for m in (a, b):
+        if m not in labels:
+            raise ValueError(f"--paired: no run of method {m!r}; methods here: {', '.join(sorted(labels))}")
+    keys = ["task", *group_by, "seed", "data_seed"]
+    df = df.assign(data_seed=[by_path[p].args.get("data_seed") for p in df["path"]])
+    sides = []
+    for m in (a, b):
+        side = df[df["method"] == m]
+        twice = side[side.duplicated(keys, keep=False)]
+        if len(twice):
+            raise ValueError(f"--paired: method {m!r} has several runs for {', '.join(keys)} = "
+                             f"{tuple(twice.iloc[0][keys])} (e.g. {', '.join(twice['path'][:2])}): "
+                             f"add the key that tells them apart to --group_by")
+        sides.append(side.set_index(keys)["score"])
+    diff = (sides[0] - sides[1]).dropna().reset_index(name="diff")
+    if diff.empty:
+        raise ValueError(f"--paired: no run of {a!r} has a partner of {b!r} with the same {', '.join(keys)}")
+    rows = [_diff_row(task, part["diff"]) for task, part in diff.groupby("task", sort=False)]
+    rows.sort(key=lambda r: run_folder.task_rank(r["task"]))
+    return pd.DataFrame(rows + [_diff_row("All", diff["diff"])])
+
+
+def _diff_row(task, d):
+    from scipy import stats
+    n, mean = len(d), float(d.mean())
+    std = float(d.std(ddof=1)) if n > 1 else math.nan
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
+    return {"task": task, "n": n, "mean": mean, "lo": mean - half, "hi": mean + half, "std": std,
+            "wins": int((d > 0).sum()), "ties": int((d == 0).sum()), "losses": int((d < 0).sum())}
+
+
+def paired_markdown(rows, a, b):
+    def num(v):
+        return "–" if math.isnan(v) else f"{v:+.1f}"
+    wide = pd.DataFrame({"task": rows["task"], "pairs": rows["n"], f"{a} − {b}": rows["mean"].map(num),
+                         "95% CI": [f"[{num(lo)}, {num(hi)}]" for lo, hi in zip(rows["lo"], rows["hi"])],
+                         "std": rows["std"].map(lambda v: "–" if math.isnan(v) else f"{v:.1f}"),
+                         "wins / ties / losses": [f"{w} / {t} / {l}" for w, t, l in
+                                                  zip(rows["wins"], rows["ties"], rows["losses"])]})
+    return to_markdown(wide)
+
+
+def spread(cells, key):
+    """Per method and task: how the cell means move across the values of ``key``."""
+    rows = []
+    for (method, task), part in cells[cells["task"] != "Avg"].groupby(["method", "task"], sort=False):
+        part = part.dropna(subset=["mean"])
+        best, worst = part.loc[part["mean"].idxmax()], part.loc[part["mean"].idxmin()]
+        rows.append({"Method": method, "task": task, f"best {key}": best[key], "best": f"{best['mean']:.1f}",
+                     f"worst {key}": worst[key], "worst": f"{worst['mean']:.1f}",
+                     "range": f"{best['mean'] - worst['mean']:.1f}",
+                     f"std across {key}": f"{part['mean'].std(ddof=1):.1f}" if len(part) > 1 else "–",
+                     "values": len(part)})
+    return pd.DataFrame(rows)
+
+
 def to_markdown(wide):
     head = [str(c) for c in wide.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -139,27 +209,51 @@ def main(argv=None):
             print(f"make_table.py: warning: cell {' / '.join(map(str, key))} averages runs that differ in {what}: "
                   f"add --group_by {','.join(mixed)} to split them", file=sys.stderr)
 
+    score_name = "best validation score" if args.metric == "best_val" else "test score (best validation state)"
+    if args.paired:
+        try:
+            rows = paired(df, runs, *args.paired, group_by)
+        except ValueError as e:
+            print(f"make_table.py: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(paired_markdown(rows, *args.paired))
+        print(f"\npaired difference of the {score_name} x 100 ({args.paired[0]} minus {args.paired[1]}, runs paired "
+              f"on task, seed, data_seed{''.join(', ' + g for g in group_by)}); 95% CI: mean ± t(0.975, n-1) · std "
+              f"/ sqrt(n); All pools every pair as independent")
+        return _write(rows, None, args.out, None, 0)
+    if args.spread and args.spread not in group_by:
+        print(f"make_table.py: error: --spread {args.spread} needs --group_by {args.spread}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     cells, tasks = aggregate(df, group_by)
     counts = cells.loc[cells["task"] != "Avg", "n"]
     show_n = counts.nunique() > 1
     wide = display_table(cells, tasks, group_by, show_n)
-    score_name = "best validation score" if args.metric == "best_val" else "test score (best validation state)"
     note = (f"{score_name} x 100, mean ± sample std (ddof=1) over seeds"
             + ("" if show_n else f", n={counts.iloc[0]} per cell") + "; Avg = mean of the task means")
     print(to_markdown(wide))
     print(f"\n{note}")
-    if args.out is None:
-        return 0
+    if args.spread:
+        print("\n" + to_markdown(spread(cells, args.spread)))
+        print(f"\nper method and task: the {args.spread} with the best and the worst mean {score_name} x 100 over "
+              f"seeds; range = best - worst; std across the {args.spread} values of those means")
+    return _write(cells.rename(columns={"mean": "mean_x100", "std": "std_x100"}), wide, args.out,
+                  note, len(group_by) + 1, len(tasks) + 1)
 
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    cells.rename(columns={"mean": "mean_x100", "std": "std_x100"}).to_csv(args.out + ".csv", index=False)
+
+def _write(table, wide, prefix, note, left, right=0):
+    """PREFIX.csv (unrounded) and, for the main table, PREFIX.tex; nothing without --out."""
+    if prefix is None:
+        return 0
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    table.to_csv(prefix + ".csv", index=False)
+    if wide is None:
+        print(f"wrote {prefix}.csv", file=sys.stderr)
+        return 0
     caption = note.replace("±", "$\\pm$").replace(" x 100", " $\\times$ 100")
-    latex = wide.to_latex(index=False, escape=True, caption=caption,
-                          column_format="l" * (1 + len(group_by)) + "c" * (len(tasks) + 1))
-    with open(args.out + ".tex", "w") as f:
+    latex = wide.to_latex(index=False, escape=True, caption=caption, column_format="l" * left + "c" * right)
+    with open(prefix + ".tex", "w") as f:
         f.write(latex.replace("±", "$\\pm$").replace("–", "--"))
-    print(f"wrote {args.out}.csv and {args.out}.tex", file=sys.stderr)
+    print(f"wrote {prefix}.csv and {prefix}.tex", file=sys.stderr)
     return 0
 
 

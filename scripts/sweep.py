@@ -18,6 +18,7 @@ A sweep file (YAML, or JSON with a .json suffix) holds:
     methods: {METHOD: {FLAG: VALUE}}   # optional named bundles of flags; a method overrides `fixed`
     grid:    {FLAG: [VALUE, ...]}      # the runs are methods x the product of these lists
     run_name: "{task}_{method}_{seed}" # optional; default TASK-METHOD-[other grid axes]-lenP-lrX-seedS
+    tie:     {FLAG: OTHER_FLAG}        # optional; FLAG takes OTHER_FLAG's value in every run (data_seed: seed)
     sbatch:  {time: 1-00:00:00, gres: gpu:1, max_parallel: 8}   # extra #SBATCH directives
 FLAG is a train.py option without its dashes; a name train.py does not know, a value of the wrong type, or a run that
 train.py would refuse is an error (one line, exit 2) before anything runs. `save_name` is the run name.
@@ -62,7 +63,7 @@ EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 75  # as train.py: what is needed to continue is on disk; run the same command again
 TRAIN_EXITS = {0: "done", 2: "bad input", 3: "diverged", 75: "stopped, checkpoint written"}  # train.py's codes
-TOP_KEYS = ("name", "description", "fixed", "methods", "grid", "run_name", "sbatch")
+TOP_KEYS = ("name", "description", "fixed", "methods", "grid", "run_name", "sbatch", "tie")
 OWN_DIRECTIVES = ("array", "requeue", "chdir", "open-mode")  # written by this script: a sweep may not set them
 ABBREV = {"prefix_len": "len", "select_k_per_class": "k", "prompt_init": "init_", "bottleneck_size": "m",
           "mlp_dropout": "drop", "batch_size": "bs", "num_epochs": "ep", "data_seed": "dseed", "prefix_MLP": ""}
@@ -160,7 +161,7 @@ def _mapping(spec, key, path):
 
 def apply_sets(spec, sets, path):
     """Apply --set KEY=VALUE overrides (strings) to a loaded sweep; returns a new dict."""
-    spec = {**spec, **{k: _mapping(spec, k, path) for k in ("fixed", "methods", "grid")}}
+    spec = {**spec, **{k: _mapping(spec, k, path) for k in ("fixed", "methods", "grid", "tie")}}
     spec["methods"] = {m: dict(b) if isinstance(b, dict) else b for m, b in spec["methods"].items()}  # own copies
     spec["sbatch"] = _mapping(spec, "sbatch", path)
     for item in sets:
@@ -224,6 +225,7 @@ def expand(spec, path="sweep", check=True):
             if k in bundle:
                 raise SweepError(f"{path}: {k} is both in methods.{m} and in grid; keep one")
 
+    tie = _ties(spec, fixed, methods, grid, flags, path)
     axes = [k for k in grid if k != "task"]
     template = spec.get("run_name") or _default_template((["task"] if "task" in grid else []) + axes, bool(methods))
     runs, seen = [], {}
@@ -232,6 +234,7 @@ def expand(spec, path="sweep", check=True):
             for combo in itertools.product(*(grid[k] for k in axes)):
                 point = dict(zip(axes, combo), **({} if task is None else {"task": task}))
                 values = {**fixed, **(methods[method] if method else {}), **point}
+                values.update({dst: values.get(src) for dst, src in tie.items()})
                 values = {k: v for k, v in values.items() if v is not None}
                 if "task" not in values:
                     raise SweepError(f"{path}: no task: set task in fixed, a method or grid")
@@ -249,6 +252,20 @@ def expand(spec, path="sweep", check=True):
     if check:
         check_runs(runs, path)
     return runs
+
+
+def _ties(spec, fixed, methods, grid, flags, path):
+    """`tie: {FLAG: SOURCE}`: FLAG takes SOURCE's value in every run; FLAG may not be set anywhere else."""
+    tie = spec.get("tie") or {}
+    for dst, src in tie.items():
+        for flag in (dst, src):
+            if flag not in flags:
+                raise SweepError(f"{path}: tie.{dst}: {flag!r} is not a train.py flag")
+        if dst == src or dst in tie.values():
+            raise SweepError(f"{path}: tie.{dst}: {dst} is tied to {src}; a flag cannot be both a source and a target")
+        if dst in fixed or dst in grid or any(dst in b for b in methods.values()):
+            raise SweepError(f"{path}: {dst} is tied to {src} (tie) and also set; remove one")
+    return {str(k): str(v) for k, v in tie.items()}
 
 
 def _default_template(axes, has_methods):

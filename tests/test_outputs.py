@@ -88,3 +88,13 @@ def test_predict_scores_a_finished_run_and_new_rows(run_dir, fixture_data_dir, t
     assert results["complete"] is True
     bad = run_py(["scripts/predict.py", str(tmp_path)])
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_results_json_records_what_a_constant_prediction_scores_on_the_test_half(run_dir):
+    import data_utils
+
+    folder, _ = run_dir
+    results = json.loads((folder / "results.json").read_text())
+    targets = [json.loads(line)["target"] for line in (folder / "predictions_test.jsonl").read_text().splitlines()]
+    assert results["test"]["constant_score"] == data_utils.constant_score(data_utils.TASKS["cb"], targets)
+    assert 0 < results["test"]["constant_score"] < 1

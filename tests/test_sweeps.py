@@ -180,6 +180,10 @@ def test_a_complete_run_with_other_arguments_goes_to_train_py(sweep, parser, tmp
     ({"run_name": "{task}"}, [], "are both named 'cb'"),
     ({"fixd": {}}, [], "unknown key(s) fixd"),
     ({}, ["method=pt"], "--set method: no method pt"),
+    ({"tie": {"data_seed": "seed"}, "fixed": {"data_seed": 3}}, [], "data_seed is tied to seed (tie) and also set"),
+    ({"tie": {"data_seed": "seed"}}, ["data_seed=1"], "data_seed is tied to seed (tie) and also set"),
+    ({"tie": {"data_seed": "sed"}}, [], "tie.data_seed: 'sed' is not a train.py flag"),
+    ({"tie": {"seed": "data_seed", "data_seed": "seed"}}, [], "cannot be both a source and a target"),
 ])
 def test_a_bad_sweep_is_one_line_and_exit_2(sweep, tmp_path, capsys, content, sets, message):
     path = tmp_path / "bad.json"
@@ -263,7 +267,9 @@ def test_lr_few_shot_and_prompt_length_use_t5_large_as_the_paper(sweep, parser, 
 def test_few_shot_seeds_draw_their_own_rows(sweep, parser):
     import data_utils
     runs, args = _args(sweep, parser, "few_shot")
-    assert all(a.data_seed == a.seed for a in args)  # the format cannot tie flags: the methods list the pairs
+    assert all(a.data_seed == a.seed for a in args)  # tie: {data_seed: seed}
+    _, one = _args(sweep, parser, "few_shot", ["seed=7"])  # --set seed keeps the tie
+    assert {(a.seed, a.data_seed) for a in one} == {(7, 7)}
     cells = {}
     for a in args:
         cells.setdefault((a.task, a.prefix_MLP, a.select_k_per_class), []).append(a.data_seed)

@@ -1,0 +1,75 @@
+"""The statistics docs/RESULTS.md reports: paired differences (make_table.py --paired), the spread across a grid
+axis (--spread), the head-only control's label, and the constant-prediction baseline of the test half."""
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+import data_utils
+from run_folder import method_label
+from test_workflow_tables import ARGS, PT, RES, make_table, sweep, table_lines, write_run  # noqa: F401
+
+
+
+def test_paired_differences_per_task_and_over_all_pairs(sweep, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "paired"
+    rc = make_table.main([str(sweep), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    rows = pd.read_csv(f"{out}.csv").set_index("task")
+    # cb: Residual 78, 80 vs PT 60, 65 (seeds 0, 1; PT's seed 2 has no partner): differences 18, 15
+    half = stats.t.ppf(0.975, 1) * math.sqrt(4.5) / math.sqrt(2)
+    assert rows.loc["cb", "n"] == 2 and rows.loc["cb", "mean"] == pytest.approx(16.5)
+    assert rows.loc["cb", "lo"] == pytest.approx(16.5 - half) and rows.loc["cb", "hi"] == pytest.approx(16.5 + half)
+    assert (rows.loc["cb", "wins"], rows.loc["cb", "ties"], rows.loc["cb", "losses"]) == (2, 0, 0)
+    # rte: 66, 70 vs 50, 50 -> 16, 20; All pools the four pairs
+    assert rows.loc["rte_superglue", "mean"] == pytest.approx(18.0)
+    assert rows.loc["All", "n"] == 4 and rows.loc["All", "mean"] == pytest.approx(17.25)
+    d = pd.Series([18.0, 15.0, 16.0, 20.0])
+    assert rows.loc["All", "std"] == pytest.approx(d.std(ddof=1))
+    lines = table_lines(printed)
+    assert lines[0] == "| task | pairs | Residual PT (MLP1) − PT | 95% CI | std | wins / ties / losses |"
+    assert lines[2].startswith("| cb | 2 | +16.5 | [") and lines[-1].startswith("| All | 4 | +17.2")
+
+
+def test_paired_needs_partners_and_one_run_per_key(sweep, capsys):  # noqa: F811
+    assert make_table.main([str(sweep), "--paired", "Residual PT (MLP1)", "PT + MLP1 (no residual)"]) == 2
+    assert "no run of method 'PT + MLP1 (no residual)'" in capsys.readouterr().err
+    write_run(sweep / "pt", "cb_s0_lr1", [0.5, 0.6], 0.6, seed=0, lr=1.0, **PT)  # a second PT run for cb seed 0
+    assert make_table.main([str(sweep), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT"]) == 2
+    err = capsys.readouterr().err
+    assert "'PT' has several runs" in err and "--group_by" in err
+    # grouped by lr, the pairs need the same lr: none of Residual PT's (0.3) meets PT's 1.0 run, 0.3 ones pair
+    assert make_table.main([str(sweep), "--metric", "test", "--group_by", "lr",
+                            "--paired", "Residual PT (MLP1)", "PT"]) == 0
+    assert "| All | 4 |" in capsys.readouterr().out
+
+
+def test_spread_across_learning_rates(tmp_path, capsys):
+    root = tmp_path / "lr"
+    for lr, scores in ((0.01, (0.60, 0.62)), (0.1, (0.70, 0.74)), (1.0, (0.50, 0.50))):
+        for seed, s in enumerate(scores):
+            write_run(root, f"pt_lr{lr}_s{seed}", [s], s, seed=seed, lr=lr, **PT)
+    assert make_table.main([str(root), "--metric", "test", "--group_by", "lr", "--spread", "lr"]) == 0
+    lines = table_lines(capsys.readouterr().out)
+    spread = lines[lines.index("| Method | task | best lr | best | worst lr | worst | range | std across lr | values |"):]
+    # means 61, 72, 50: best 0.1, worst 1.0, range 22, std of (61, 72, 50)
+    assert spread[2] == f"| PT | cb | 0.1 | 72.0 | 1.0 | 50.0 | 22.0 | {pd.Series([61, 72, 50]).std():.1f} | 3 |"
+    assert make_table.main([str(root), "--spread", "lr"]) == 2
+    assert "--spread lr needs --group_by lr" in capsys.readouterr().err
+
+
+def test_head_only_control_is_labelled_as_such():
+    assert method_label({**ARGS, "prefix_len": 0, "freeze_weights": 1}) == "Head only"
+    assert method_label({**ARGS, "prefix_len": 0, "freeze_weights": 0}) == "Fine-tuning"
+
+
+@pytest.mark.parametrize("task, targets, expected", [
+    ("sst2", ["positive"] * 6 + ["negative"] * 4, 0.6),  # the majority share
+    ("cb", ["entailment"] * 10 + ["neutral"] * 5 + ["contradiction"] * 3, (10 / 18 + (2 * 10 / 28) / 3) / 2),
+    ("cola", ["acceptable"] * 6 + ["not_acceptable"] * 4, 0.0),  # Matthews of a constant
+    ("stsb", ["3.2", "1.0", "4.4"], 0.0),  # Pearson of a constant: no correlation
+])
+def test_constant_score_is_what_no_signal_scores(task, targets, expected):
+    assert data_utils.constant_score(data_utils.TASKS[task], targets) == pytest.approx(expected)
