@@ -120,11 +120,50 @@ def build_parser(description: str = "") -> Parser:
       help="also append the mean training loss to metrics.jsonl (and the tracker) every N steps (0: evaluations only)")
     a("--report_to", type=str, default="none", choices=["none", "tensorboard", "wandb"],
       help="experiment tracking: step loss, lr, every evaluation metric, the arguments as config (lazy imports)")
+    a("--save_adapter", type=str, default="auto", choices=["auto", "0", "1"],
+      help="write the best prompt as a PEFT adapter in RUN/adapter/ (PeftModel.from_pretrained): auto = for T5 "
+           "prompt runs when peft is installed; 1 = required (refused where impossible); 0 = never")
+    a("--push_to_hub", type=str, default=None, metavar="REPO",
+      help="after the run, upload RUN/adapter/ to the Hub model repository REPO (needs a token: hf auth login)")
     return p
 
 
 def _default(name):
     return build_parser().get_default(name)
+
+
+def _check_adapter(args):
+    wants = args.save_adapter == "1" or args.push_to_hub is not None
+    if not wants:
+        return
+    what = f"--push_to_hub {args.push_to_hub}" if args.push_to_hub is not None else "--save_adapter 1"
+    if args.save_adapter == "0":
+        raise ConfigError(f"{what} uploads the run's adapter, which --save_adapter 0 turns off: drop one of them")
+    if args.prefix_len == 0:
+        raise ConfigError(f"{what}: a full fine-tuning run (--prefix_len 0) has no prompt adapter; its model is "
+                          f"saved in RUN/model/")
+    import importlib.util
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigError(f"{what} needs peft: pip install peft (or drop it)")
+    if args.push_to_hub is not None:
+        _check_push(args.push_to_hub)
+
+
+def _check_push(repo: str):
+    """Before training: refuse a --push_to_hub that cannot work (offline mode, no token, a malformed name)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ConfigError(f"--push_to_hub {repo} needs the Hub, but HF_HUB_OFFLINE is set: unset it, or drop "
+                          f"--push_to_hub and push later (run the same command again without HF_HUB_OFFLINE)")
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ConfigError(f"--push_to_hub {repo!r} is not a Hub repository name: give NAME or USER/NAME") from None
+    if not get_token():
+        raise ConfigError(f"--push_to_hub {repo}: no Hub token: run `hf auth login` or set HF_TOKEN, then run the "
+                          f"same command again")
 
 
 def check_args(args):
@@ -156,6 +195,7 @@ def check_args(args):
                           f"(now every weight trains): add --freeze_weights 1 or drop it")
     _resolve_prompt_init(args)
     check_available(args.report_to)
+    _check_adapter(args)
     if args.pooling == "auto" and default_pooling(args.model_name) == "mean":
         args.pooling = "mean"  # recorded in args.json as what the run used
     _check_processes(args)

@@ -41,13 +41,13 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 ARGS, RESULTS, SCORES, PROMPT, CHECKPOINT = "args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"
-TRAIN_STATE, MODEL_DIR, LOCK = "train_state.pt", "model", ".lock"
+TRAIN_STATE, MODEL_DIR, LOCK, ADAPTER_DIR = "train_state.pt", "model", ".lock", "adapter"
 METRICS_LOG, ALL_RESULTS = "metrics.jsonl", "all_results.json"  # transformers-style outputs beside results.json
 OUTPUTS = (RESULTS, CHECKPOINT, PROMPT, SCORES, TRAIN_STATE)  # files that make a folder a run's
 # Arguments that do not define a run: they may change when a run is resumed (another machine, paths, logging,
 # speed options that do not change numbers). The one list: resume checks and sweep tables both use it.
 NOT_DEFINING = {"save_dir", "save_name", "device", "progress", "overwrite", "resume", "save_every_steps", "data_dir",
-                "eval_batch_size", "fsdp", "compile", "log_every_steps", "report_to"}
+                "eval_batch_size", "fsdp", "compile", "log_every_steps", "report_to", "save_adapter", "push_to_hub"}
 # Arguments that make runs replicates of one another (averaged over in tables).
 REPLICATE_KEYS = {"seed", "data_seed"}
 METRICS = ("best_val", "test")  # --metric of the table scripts: results.json's best_val_score or test.score
@@ -320,8 +320,9 @@ class RunFolder:
         for name in (RESULTS,) + tuple(o for o in OUTPUTS if o != RESULTS) + (METRICS_LOG, ALL_RESULTS):
             if os.path.exists(self.file(name)):
                 os.unlink(self.file(name))
-        if os.path.isdir(self.file(MODEL_DIR)):
-            shutil.rmtree(self.file(MODEL_DIR))
+        for name in (MODEL_DIR, ADAPTER_DIR):
+            if os.path.isdir(self.file(name)):
+                shutil.rmtree(self.file(name))
         save_json(self.file(ARGS), args)
 
     def write_args(self, args: dict):

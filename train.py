@@ -17,7 +17,8 @@ SLURM (requeued on preemption or time limit, resumed exactly from the last check
 Writes save_dir/save_name/{args.json, results.json, score_dict.npy, prompt.npy, checkpoint.pt[, model/]}, and
 train_state.pt while training (every epoch and every --save_every_steps steps; removed when the run completes).
 Running the same command again continues an interrupted run (--resume auto) or does nothing for a finished one.
-Exit codes: 0 done (or already complete), 2 bad input (one line on stderr), 3 training diverged (NaN/inf loss),
+Exit codes: 0 done (or already complete), 1 the run is complete but its adapter could not be written or pushed
+(--save_adapter 1, --push_to_hub), 2 bad input (one line on stderr), 3 training diverged (NaN/inf loss),
 75 stopped by SIGTERM/SIGUSR1/SIGINT with what is needed to continue on disk: run the same command again.
 Every flag: python train.py --help. Module map: docs/ARCHITECTURE.md.
 """
@@ -52,6 +53,8 @@ from errors import ConfigError, DataError  # noqa: E402
 from train_utils import Interrupted  # noqa: E402
 
 EXIT_DIVERGED = 3
+EXIT_ADAPTER_FAILED = 1  # the run is complete on disk; writing or uploading its adapter failed (--save_adapter 1,
+# --push_to_hub): run the same command again to retry
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: what is needed to continue is on disk; run again (the sbatch scripts requeue)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -122,7 +125,8 @@ def run(args, stop: StopSignal):
         if mode == "complete":
             print(f"done: {folder.path} is already complete (results.json); pass --overwrite 1 to train it again")
             failed = False
-            return 0
+            wanted = args.save_adapter == "1" or args.push_to_hub is not None
+            return _adapter(args, folder) if wanted else 0
         code = _train(args, stop, folder, mode, saved, dist, device_name, t0)
         failed = False
         return code
@@ -155,6 +159,9 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     # ---- model and optimizer (and the state to continue from) ----
     model, tokenizer = models.load_model(args.model_name)
     wrapper, prompt_ids = models.build_model(model, tokenizer, args, task)
+    if (args.save_adapter == "1" or args.push_to_hub is not None) and not isinstance(wrapper, models.PromptT5):
+        raise ConfigError(f"--save_adapter 1 / --push_to_hub: PEFT prompt tuning adapters hold T5 prompts only; "
+                          f"{args.model_name} is a BERT-style encoder (its prompt and head are in checkpoint.pt)")
     train, val, test = (None if splits.get(s) is None else wrapper.encode_split(
         task, splits[s], tokenizer, args.seq_len, splits.get(f"{s}_groups"), splits.get(f"{s}_official_groups"))
         for s in ("train", "val", "test"))
@@ -221,6 +228,37 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
         folder.write_all_results(write_results(history, final={**final, "complete": True}))
         folder.finish()
     print(f"done: {task.name}{_summary(history, final)} -> {folder.path}")
+    if dist.is_main and isinstance(wrapper, models.PromptT5) and args.prefix_len > 0:
+        return _adapter(args, folder)
+    return 0
+
+
+def _adapter(args, folder):
+    """RUN/adapter/ (--save_adapter) and its upload (--push_to_hub), after the run is complete. --save_adapter auto
+    writes it when peft is installed and says so otherwise; a failure there is a warning (the run's numbers stand).
+    With --save_adapter 1 or --push_to_hub a failure is an error: exit 1, the run stays complete."""
+    import importlib.util
+
+    required = args.save_adapter == "1" or args.push_to_hub is not None
+    if args.save_adapter == "0":
+        return 0
+    if importlib.util.find_spec("peft") is None:  # auto (required runs were refused before training)
+        print("note: peft is not installed, so no adapter/ was written (pip install peft; then "
+              "python scripts/export_peft.py RUN RUN/adapter)")
+        return 0
+    import peft_adapter
+
+    out = folder.file(rf.ADAPTER_DIR)
+    try:
+        if not (required and os.path.isfile(os.path.join(out, "adapter_config.json"))):
+            peft_adapter.write_run_adapter(folder.path)
+            print(f"adapter: {out} (PeftModel.from_pretrained)")
+        if args.push_to_hub is not None:
+            print(f"pushed {out} to {peft_adapter.push(out, args.push_to_hub)}")
+    except (peft_adapter.AdapterError, OSError) as e:
+        level = "error" if required else "warning"
+        print(f"train.py: {level}: {e}", file=sys.stderr)
+        return EXIT_ADAPTER_FAILED if required else 0
     return 0
 
 

@@ -241,3 +241,11 @@ def test_encoder_base_model_is_refused_before_loading_it(tmp_path, capsys):
     err = _refused([str(run), str(tmp_path / "out")], capsys)
     assert "is a BERT-style encoder" in err and "T5 runs only" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_run_folder_adapter_is_the_exported_one(run_dir, adapter_dir):
+    """train.py wrote run_dir/adapter/ itself (--save_adapter auto): the same files as export_peft.py writes."""
+    inside = run_dir / "adapter"
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (inside / name).read_bytes() == (adapter_dir / name).read_bytes(), name

@@ -1,0 +1,392 @@
+"""The PEFT prompt-tuning adapter of a T5 run: written into every finished T5 prompt run's folder (``adapter/``,
+train.py --save_adapter) and by scripts/export_peft.py; pushed to the Hub with train.py --push_to_hub REPO.
+
+The adapter holds the best projected prompt phi(x) [P, H] (checkpoint.pt's ``projected_prompt``, else prompt.npy)
+as PEFT's ``prompt_embeddings`` (PromptTuningConfig, task_type SEQ_2_SEQ_LM, num_virtual_tokens P, token_dim H,
+num_transformer_submodules 1: the prompt goes before the encoder input only, as in train.py). It is written by PEFT
+itself (get_peft_model on the base model's architecture, built on the meta device from its config: no weights are
+loaded, then save_pretrained) and read back and compared bit for bit. The reparameterization is not needed:
+inference uses phi(x) only. Same numbers as train.py's evaluation (tests/test_export_peft.py), provided the input is
+what train.py fed the model (see the model card this module writes beside it).
+
+The base model: the run's model/ folder when the run also trained model weights, else args.json's model_name
+(or the one given). A local folder is recorded as an absolute path, so the adapter loads from any folder
+(AutoPeftModelForSeq2SeqLM.from_pretrained(DIR)); a Hub name stays a name. Refused with AdapterError (one line): a
+full fine-tuning run, a BERT-style encoder run (its prompt feeds an encoder and a classification head, which PEFT's
+prompt tuning adapters do not hold), an unfinished run, a non-empty output folder.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+
+from errors import ConfigError
+from run_folder import ADAPTER_DIR
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+class AdapterError(ConfigError):
+    """A user-facing problem; str(e) is one line naming it and the fix."""
+
+
+ExportError = AdapterError  # the name scripts/export_peft.py used
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (save_dir/save_name of train.py)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="adapter folder to create (must not exist or be empty)")
+    p.add_argument("--base_model", default=None,
+                   help="Hub name or local T5 folder to load and record as the adapter's base model (default: the "
+                        "run's model/ if it trained model weights, else args.json model_name)")
+    return p
+
+
+def read_run(run_dir):
+    """-> (args, projected prompt [P, H] float32 tensor). Refuses what has no prompt or is unfinished."""
+    import run_folder as rf
+
+    paths = {f: os.path.join(run_dir, f) for f in (rf.ARGS, rf.RESULTS, rf.CHECKPOINT, rf.PROMPT)}
+    if not (os.path.isfile(paths[rf.ARGS]) and os.path.isfile(paths[rf.RESULTS])):
+        raise AdapterError(f"{run_dir} is not a run folder (no args.json and results.json); give save_dir/save_name "
+                          f"of a train.py run")
+    args, results = rf.read_json(paths[rf.ARGS]), rf.read_json(paths[rf.RESULTS])
+    if not args or not results:
+        raise AdapterError(f"{run_dir}: args.json or results.json is not a run's JSON object; rerun train.py")
+    if (results.get("trainable_params") or {}).get("head"):
+        raise AdapterError(f"{run_dir} is a BERT-style encoder run (a classification head on [CLS]); PEFT's prompt "
+                          f"tuning adapters here are for T5 runs only: use its checkpoint.pt and prompt.npy")
+    if int(args.get("prefix_len", 0)) == 0:
+        model_dir = os.path.join(run_dir, "model")
+        raise AdapterError(f"{run_dir} is a full fine-tuning run (--prefix_len 0): it has no prompt to export; its "
+                          f"trained model is {model_dir} (T5ForConditionalGeneration.from_pretrained)")
+    if results.get("complete") is not True:
+        raise AdapterError(f"{run_dir} is not finished (results.json complete is not true): run its train.py command "
+                          f"again to complete it, then export")
+    import numpy as np
+    import torch
+
+    prompt = None
+    if os.path.isfile(paths[rf.CHECKPOINT]):
+        prompt = torch.load(paths[rf.CHECKPOINT], map_location="cpu", weights_only=True)["projected_prompt"]
+    if os.path.isfile(paths[rf.PROMPT]):
+        npy = torch.from_numpy(np.load(paths[rf.PROMPT], allow_pickle=False))
+        if prompt is not None and not torch.equal(prompt.float(), npy.float()):
+            raise AdapterError(f"{run_dir}: checkpoint.pt's projected_prompt and prompt.npy differ; the folder mixes "
+                              f"two runs: retrain it")
+        prompt = npy if prompt is None else prompt
+    if prompt is None:
+        raise AdapterError(f"{run_dir} has neither checkpoint.pt nor prompt.npy: nothing to export")
+    prompt = prompt.float().contiguous()
+    if prompt.ndim != 2 or prompt.shape[0] != int(args["prefix_len"]):
+        raise AdapterError(f"{run_dir}: the prompt has shape {list(prompt.shape)}, expected [prefix_len, H] with "
+                          f"prefix_len {args['prefix_len']}")
+    return args, prompt
+
+
+def check_out_dir(out_dir):
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise AdapterError(f"OUT_DIR {out_dir} is a file; give a new folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise AdapterError(f"OUT_DIR {out_dir} is not empty; give a new or empty folder (nothing is overwritten)")
+
+
+def resolve_base(name, search=(".", ROOT)):
+    """A local model folder as an absolute path (a relative one looked up in ``search`` in turn: the current folder,
+    then the project root); anything else is a Hub name and stays as it is."""
+    if os.path.isabs(name):
+        return name
+    for base in search:
+        path = os.path.join(base, name)
+        if os.path.isdir(path):
+            return os.path.abspath(path)
+    return name
+
+
+def _first(e):
+    return (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:200]
+
+
+def base_config(name):
+    """The base model's config; refuses what is not a T5 (or mT5) model."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    import models
+
+    hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except Exception as e:  # any failure here is a problem with the model named
+        raise AdapterError(f"cannot load the base model {name!r} ({_first(e)}); pass --base_model with a local T5 "
+                           f"folder or a reachable Hub name") from None
+    if models.is_encoder_only(config) or config.model_type not in ("t5", "mt5"):
+        kind = "a BERT-style encoder" if models.is_encoder_only(config) else f"a {config.model_type!r} model"
+        raise AdapterError(f"the base model {name!r} is {kind}; PEFT prompt tuning adapters are written for T5 runs "
+                           f"only (an encoder run's prompt is in its checkpoint.pt and prompt.npy)")
+    return config
+
+
+def _peft_model(config, name, n_tokens):
+    """PEFT's prompt-tuning model around the base architecture built on the meta device (no weights: only the
+    prompt embedding, moved to the CPU, holds data)."""
+    import torch
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+    from transformers import T5ForConditionalGeneration
+
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(config)
+    model.name_or_path = name  # what PEFT records as base_model_name_or_path
+    peft_config = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=n_tokens,
+                                     token_dim=config.d_model, num_transformer_submodules=1,  # encoder input only
+                                     prompt_tuning_init=PromptTuningInit.RANDOM)  # overwritten by the caller
+    with warnings.catch_warnings():  # peft 0.21 reads a transformers 5 attribute that warns about its deprecation
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, peft_config)
+    peft_model.prompt_encoder["default"].to_empty(device="cpu")
+    return peft_model
+
+
+def export(run_dir, out_dir, base_model=None):
+    """Write the adapter; returns (its PromptTuningConfig, the base model name recorded)."""
+    check_out_dir(out_dir)  # the refusals come before the slow imports
+    args, prompt = read_run(run_dir)  # [P, H]
+    import torch
+    from peft import PeftConfig
+    from safetensors.torch import load_file
+
+    if base_model is None:
+        trained = os.path.join(run_dir, "model")
+        base_model = trained if os.path.isdir(trained) else args["model_name"]
+        base_model = resolve_base(base_model)
+    else:
+        base_model = resolve_base(base_model, search=("."))  # a path given here is relative to the current folder
+    model_config = base_config(base_model)
+    n_tokens, width = prompt.shape
+    if width != model_config.d_model:
+        raise AdapterError(f"the prompt is {width} wide but the base model {base_model!r} has d_model "
+                           f"{model_config.d_model}; pass --base_model the model the run was trained on")
+    peft_model = _peft_model(model_config, base_model, n_tokens)
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(prompt)  # [P, H]
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
+    try:  # written beside OUT_DIR, checked, then renamed: OUT_DIR never holds a partial adapter
+        peft_model.save_pretrained(tmp)
+        saved = load_file(os.path.join(tmp, "adapter_model.safetensors"))
+        if set(saved) != {"prompt_embeddings"} or not torch.equal(saved["prompt_embeddings"], prompt):
+            raise RuntimeError(f"PEFT wrote {sorted(saved)} that do not hold the run's prompt")
+        loaded = PeftConfig.from_pretrained(tmp)
+        if (loaded.num_virtual_tokens, loaded.token_dim, loaded.num_transformer_submodules) != (n_tokens, width, 1):
+            raise RuntimeError(f"PEFT wrote a config for {loaded.num_virtual_tokens} x {loaded.token_dim} tokens")
+        card = model_card(run_dir, args, n_tokens, width, base_model, os.path.basename(os.path.abspath(out_dir)))
+        with open(os.path.join(tmp, "README.md"), "w") as f:  # replaces PEFT's template
+            f.write(card)
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in os.listdir(tmp):  # mkdtemp makes 0700 (and safetensors 0600): give the modes mkdir/open give
+            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty (checked above)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return loaded, base_model
+
+
+def train_command(args):
+    """The train.py command of a run: the flags whose value is not the default, as few as give back the same
+    resolved arguments (args.json records what train.py resolved, e.g. prompt_init vocab, eval_batch_size 32)."""
+    import contextlib
+    import io
+    import shlex
+
+    import arguments
+    from errors import ConfigError
+
+    parser = arguments.build_parser()
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"}
+    skip = {"progress", "overwrite", "resume"}  # how the run went, not what it computed
+
+    def text(v):
+        return f"{v:g}" if isinstance(v, float) and float(f"{v:g}") == v else str(v)
+
+    def argv(keys):
+        out = []
+        for k in keys:
+            out += [flags[k], text(args[k])]
+        return out
+
+    def resolved(keys):
+        try:  # quietly: the parser prints its refusals, check_args its notes
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                parsed = parser.parse_args(argv(keys))
+                arguments.check_args(parsed)
+        except (SystemExit, ConfigError, ValueError, TypeError, KeyError):  # a run this train.py cannot redo
+            return None
+        return {k: getattr(parsed, k) for k in target}
+
+    target = {k: args[k] for k in flags if k in args and k not in skip}  # flags newer than the run: not compared
+    keys = [k for k in flags if k in args and k not in skip and args[k] is not None
+            and (args[k] != parser.get_default(k) or k in ("task", "save_name", "model_name"))]
+    if resolved(keys) == target:  # drop what train.py would resolve by itself
+        for k in list(keys):
+            if k not in ("task", "save_name", "save_dir", "model_name", "data_dir"):
+                fewer = [x for x in keys if x != k]
+                if resolved(fewer) == target:
+                    keys = fewer
+    chunks = [shlex.join(argv([k])) for k in keys]  # one flag and its value each, wrapped at ~100 characters
+    lines, line = [], "python train.py"
+    for chunk in chunks:
+        if len(line) + 1 + len(chunk) > 100:
+            lines.append(line + " \\")
+            line = "    " + chunk
+        else:
+            line += " " + chunk
+    return "\n".join(lines + [line])
+
+
+def _pct(v):
+    return "–" if v is None else f"{100 * float(v):.1f}"
+
+
+def _metrics(d):
+    return ", ".join(f"{k} {100 * float(v):.1f}" for k, v in (d or {}).items() if v is not None) or "–"
+
+
+def model_card(run_dir, args, n_tokens, width, base_model, folder_name):
+    """README.md of the adapter: what it is, its scores, how it was trained, how to use it."""
+    import data_utils
+    import run_folder as rf
+
+    results = rf.read_json(os.path.join(run_dir, rf.RESULTS))
+    task = data_utils.get_task(args["task"])
+    method = rf.method_label(args)
+    keep = int(args["seq_len"]) - n_tokens
+    hub = not os.path.isabs(base_model)
+    n = results.get("n_examples") or {}
+    best_epoch = results.get("best_epoch")
+    best = next((e for e in results.get("validation", []) if e.get("epoch") == best_epoch), {})
+    rows = [f"| validation, best epoch {best_epoch} ({n.get('validation', '?')} rows) | "
+            f"{_pct(results.get('best_val_score'))} | {_metrics(best.get('official'))} |"]
+    test = results.get("test")
+    if test:
+        rows.append(f"| test subset, best state ({n.get('test', '?')} rows) | {_pct(test.get('score'))} | "
+                    f"{_metrics(test.get('official'))} |")
+    split_note = ("the validation split was cut in two (`--get_test_subset 1`): one half chose the best epoch, the "
+                  "other (test subset) scores it" if test else "the best epoch was chosen on these same validation "
+                  "rows (`--get_test_subset 0`), so the score is optimistic")
+    dataset = "/".join(task.hub)
+    reparam = args.get("prefix_MLP")
+    reparam_text = ("none (plain prompt tuning)" if reparam == "None" else
+                    f"`{reparam}`" + (f", bottleneck {args.get('bottleneck_size')}" if reparam in ("MLP1", "MLP2")
+                                      else "") + (", with" if int(args.get("residual", 1)) else ", without")
+                    + " the skip connection")
+    if task.formatter in ("fields", "stsb"):
+        text = "".join(f"{k}: ... " for k in task.keys).strip()
+    elif task.formatter == "sentence":
+        text = "..."
+    elif task.formatter == "record":
+        text = "passage : ... query: ... entities: A; B; C"
+    else:  # wsc: the text with the pronoun starred
+        text = "... *he* ..."
+    k = int(args.get("select_k_per_class", -1))
+    few_shot = "" if k == -1 else f" (few-shot: {k} per class)"
+    answers = (", ".join(f"`{w}`" for w in task.label_words) if task.label_words else
+               "a number" if task.formatter == "stsb" else "an entity" if task.formatter == "record" else "a word")
+    front = ["---", "library_name: peft", *([f"base_model: {base_model}"] if hub else []),
+             "pipeline_tag: text2text-generation", f"datasets:\n- {task.hub[0]}",
+             "tags:\n- prompt-tuning\n- residual-prompt-tuning\n- t5", "---", ""]
+    base_note = ("" if hub else f"\n`{base_model}` is a local folder of the machine that exported the adapter: "
+                 f"elsewhere, load your copy of that model and pass it as `base` below.\n")
+    return "\n".join(front) + f"""
+# {method} soft prompt for `{task.name}`
+
+A soft prompt of {n_tokens} tokens x {width} for the frozen T5 model `{base_model}`, trained with
+{method} ([Residual Prompt Tuning](https://arxiv.org/abs/2305.03937), Razdaibiedina et al., Findings of ACL 2023)
+on the {data_utils.BENCHMARKS[task.benchmark][0]} task `{task.name}` (Hub `{dataset}`), stored as a PEFT prompt tuning
+adapter (`PROMPT_TUNING`, `SEQ_2_SEQ_LM`, prepended to the encoder input only). It holds the best projected prompt
+φ(x); the reparameterization used in training is not needed at inference.
+{base_note}
+## Scores
+
+Score x 100; the score is the task's early-stopping score (the mean of its metrics where it has two); {split_note}.
+
+| split | score | metrics |
+|---|---|---|
+""" + "\n".join(rows) + f"""
+
+## Training
+
+- method: {method}; prompt length {n_tokens}
+- reparameterization: {reparam_text}
+- learning rate {args.get('lr')}, batch size {args.get('batch_size')}, epochs {args.get('num_epochs')}, \
+seed {args.get('seed')}
+- input length (prompt included): {args.get('seq_len')} tokens
+- training rows: {n.get('train', '?')}{few_shot}
+
+The command that trained it (the project's `train.py`, run from its root):
+
+```bash
+{train_command(args)}
+```
+
+## Use
+
+```python
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+base = T5ForConditionalGeneration.from_pretrained("{base_model}")
+tokenizer = AutoTokenizer.from_pretrained("{base_model}")
+model = PeftModel.from_pretrained(base, "{folder_name}").eval()  # the path of this folder
+
+text = "{text}"  # the task's input as the project's data_utils.format_example writes it
+ids = tokenizer(text).input_ids[:{keep}]  # one </s> appended, then cut to seq_len - P = {args['seq_len']} - {n_tokens}
+with torch.no_grad():
+    out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens={task.target_len - 1})
+print(tokenizer.decode(out[0], skip_special_tokens=True))  # {answers}
+```
+
+To reproduce the run's numbers, feed exactly what training fed: the text of `data_utils.format_example` for
+`{task.name}`, tokenized with exactly one `</s>` (`data_utils.encode_batch`),
+cut to seq_len - P = {args["seq_len"]} - {n_tokens} = {keep} tokens (training cut [prompt; input] to {args["seq_len"]});
+greedy decoding of {task.target_len - 1} new tokens. PEFT cuts nothing by itself.
+
+Exported by `scripts/export_peft.py` from the run folder `{os.path.basename(os.path.abspath(run_dir))}`.
+"""
+
+
+# ---------------------------------------------------------------------------------------------- train.py's use
+def write_run_adapter(run_dir: str) -> str:
+    """RUN_DIR/adapter/ (replacing an earlier one: the folder holds one run); returns its path."""
+    out = os.path.join(run_dir, ADAPTER_DIR)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    export(run_dir, out)
+    return out
+
+
+def push(adapter_dir: str, repo: str) -> str:
+    """Upload the adapter folder to the Hub model repository ``repo`` (created if missing); returns its URL.
+    Any failure raises AdapterError with one line."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        url = api.create_repo(repo, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=repo, folder_path=adapter_dir, repo_type="model",
+                          commit_message="Residual Prompt Tuning adapter (train.py --push_to_hub)")
+    except Exception as e:  # network, permissions, quota: all one line, the local adapter stays
+        raise AdapterError(f"push of {adapter_dir} to the Hub repository {repo} failed ({_first(e)}); the run and "
+                           f"its adapter are complete on disk: run the same command again to retry the push") from None
+    return str(url)
