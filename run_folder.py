@@ -485,10 +485,10 @@ def method_label(args: dict) -> str:
 
 def method_rank(label: str) -> tuple:
     """Row order of tables and legends: head only, fine-tuning, PT, Residual PT, other reparameterizations."""
-    for i, prefix in enumerate(("Head only", "Fine-tuning", "PT", "Residual PT", "PT + ")):
-        if label == prefix or (i >= 3 and label.startswith(prefix)):
+    for i, prefix in enumerate(("No signal", "Head only", "Fine-tuning", "PT", "Residual PT", "PT + ")):
+        if label == prefix or (i >= 4 and label.startswith(prefix)) or (i == 0 and label.startswith(prefix)):
             return i, label
-    return 5, label
+    return 6, label
 
 
 def task_rank(task: str) -> tuple:

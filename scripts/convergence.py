@@ -1,6 +1,6 @@
 """How fast each method learns: validation score x 100 after given epochs, averaged over seeds, then over tasks.
 
-    python scripts/convergence.py runs/minilm_pilot --epochs 1,2,3,5,10 --out docs/results/convergence
+    python scripts/convergence.py runs/minilm_study --epochs 1,2,3,5,10 --out docs/results/convergence
 
 One row per method (and per --group_by values): the mean over tasks of the per-task seed mean of the validation
 score after epoch e (1-based, as the paper counts), then "best epoch" (mean 1-based epoch of the best validation

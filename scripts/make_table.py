@@ -53,6 +53,9 @@ def build_parser():
                    help="print paired differences A - B (method labels) per task instead of the table")
     p.add_argument("--spread", default=None, metavar="KEY",
                    help="also print, per method and task, the spread of the cell means across KEY (a --group_by key)")
+    p.add_argument("--baseline", action="store_true",
+                   help="with --metric test: add a row 'No signal (constant)': per task, results.json's "
+                        "test.constant_score (the best one-label prediction of each test half) over the runs' halves")
     p.add_argument("--out", default=None, metavar="PREFIX",
                    help="also write PREFIX.csv and PREFIX.tex, replacing earlier ones (default: print only)")
     return p
@@ -70,6 +73,23 @@ def collect(runs, metric, group_by):
         rows.append({"method": r.method, **{g: r.args.get(g) for g in group_by}, "task": r.task,
                      "seed": r.args.get("seed"), "score": 100.0 * s, "path": r.path})
     return pd.DataFrame(rows), no_score
+
+
+BASELINE = "No signal (constant)"
+
+
+def baseline_rows(runs, group_by):
+    """One row per (task, data_seed) test half: what predicting one label for every row scores there x 100."""
+    rows, seen = [], set()
+    for r in runs:
+        value = (r.results.get("test") or {}).get("constant_score")
+        key = (r.task, r.args.get("data_seed"), r.args.get("limit_val_set"), r.args.get("get_test_subset"))
+        if value is None or key in seen:
+            continue
+        seen.add(key)
+        rows.append({"method": BASELINE, **{g: None for g in group_by}, "task": r.task,
+                     "seed": r.args.get("data_seed"), "score": 100.0 * value, "path": r.path})
+    return pd.DataFrame(rows)
 
 
 def aggregate(df, group_by):
@@ -202,7 +222,17 @@ def main(argv=None):
         return EXIT_BAD_INPUT
 
     by_path = {r.path: r for r in runs}
-    for key, part in df.groupby(["method", *group_by, "task"], sort=False, dropna=False):
+    if args.baseline:
+        if args.metric != "test" or args.paired:
+            print("make_table.py: error: --baseline goes with --metric test and the table (not --paired)",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        base = baseline_rows(runs, group_by)
+        if base.empty:
+            print("make_table.py: warning: --baseline: no run records test.constant_score (runs made before it "
+                  "existed)", file=sys.stderr)
+        df = pd.concat([base, df], ignore_index=True)
+    for key, part in df[df["method"] != BASELINE].groupby(["method", *group_by, "task"], sort=False, dropna=False):
         mixed = run_folder.mixed_arguments([by_path[p] for p in part["path"]])
         if mixed:
             what = "; ".join(f"{k} {v}" for k, v in mixed.items())

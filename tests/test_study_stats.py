@@ -1,5 +1,6 @@
 """The statistics docs/RESULTS.md reports: paired differences (make_table.py --paired), the spread across a grid
 axis (--spread), the head-only control's label, and the constant-prediction baseline of the test half."""
+import json
 import math
 
 import pandas as pd
@@ -73,3 +74,18 @@ def test_head_only_control_is_labelled_as_such():
 ])
 def test_constant_score_is_what_no_signal_scores(task, targets, expected):
     assert data_utils.constant_score(data_utils.TASKS[task], targets) == pytest.approx(expected)
+
+
+def test_baseline_row_averages_each_test_half_once(tmp_path, capsys):
+    root = tmp_path / "b"
+    for method, extra in (("pt", PT), ("res", RES)):
+        for seed, constant in ((1, 0.6), (2, 0.5)):
+            run = write_run(root, f"{method}_s{seed}", [0.7], 0.7, seed=seed, data_seed=seed, **extra)
+            results = json.loads((run / "results.json").read_text())
+            results["test"]["constant_score"] = constant
+            (run / "results.json").write_text(json.dumps(results))
+    assert make_table.main([str(root), "--metric", "test", "--baseline"]) == 0
+    lines = table_lines(capsys.readouterr().out)
+    assert lines[2] == "| No signal (constant) | 55.0 ± 7.1 | 55.0 |"  # halves of data_seed 1 and 2, once each
+    assert lines[3].startswith("| PT | 70.0")
+    assert make_table.main([str(root), "--baseline"]) == 2  # best_val has no constant baseline
