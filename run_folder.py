@@ -50,7 +50,11 @@ NOT_DEFINING = {"save_dir", "save_name", "device", "progress", "overwrite", "res
                 "eval_batch_size", "fsdp", "compile", "log_every_steps", "report_to", "save_adapter", "push_to_hub"}
 # Arguments that make runs replicates of one another (averaged over in tables).
 REPLICATE_KEYS = {"seed", "data_seed"}
-METRICS = ("best_val", "test")  # --metric of the table scripts: results.json's best_val_score or test.score
+# --metric of the table scripts: results.json's best_val_score, test.score, and two ratios of its prompt norms
+# (norm_ratio: mean row norm of the projected prompt phi(P) over the vocabulary's; branch_ratio: of phi(P) - P over P,
+# with a residual network the branch next to the skip)
+METRICS = ("best_val", "test", "norm_ratio", "branch_ratio")
+SCORE_METRICS = ("best_val", "test")  # scores (tables show them x 100); the others are plain ratios
 
 
 def atomic_write(path, write):
@@ -524,9 +528,14 @@ def find_runs(paths) -> tuple[list[Run], list[str]]:
 
 
 def score(run: Run, metric: str) -> float | None:
-    """The run's score for --metric (best_val: best_val_score; test: test.score), or None where it has none."""
+    """The run's score for --metric (best_val: best_val_score; test: test.score; the norm ratios of METRICS), or
+    None where it has none."""
     if metric == "best_val":
         return run.results.get("best_val_score")
+    if metric in ("norm_ratio", "branch_ratio"):
+        norms = run.results.get("norms") or {}
+        num, den = ("projected", "embedding") if metric == "norm_ratio" else ("phi", "prompt")
+        return norms[num] / norms[den] if norms.get(num) is not None and norms.get(den) else None
     return (run.results.get("test") or {}).get("score")
 
 

@@ -61,6 +61,10 @@ def build_parser():
     return p
 
 
+def scale(metric):
+    return 100.0 if metric in run_folder.SCORE_METRICS else 1.0
+
+
 def collect(runs, metric, group_by):
     """One row per usable run: method, group values, task, seed, score x 100, path. Also returns the skipped
     runs (no score for the metric)."""
@@ -71,7 +75,7 @@ def collect(runs, metric, group_by):
             no_score.append(r.path)
             continue
         rows.append({"method": r.method, **{g: r.args.get(g) for g in group_by}, "task": r.task,
-                     "seed": r.args.get("seed"), "score": 100.0 * s, "path": r.path})
+                     "seed": r.args.get("seed"), "score": scale(metric) * s, "path": r.path})
     return pd.DataFrame(rows), no_score
 
 
@@ -122,12 +126,13 @@ def _value_key(v):
     return (0, v, "") if is_number else (1, 0, str(v))
 
 
-def display_table(cells, tasks, group_by, show_n):
+def display_table(cells, tasks, group_by, show_n, digits=1):
     """The wide table of strings: "71.4 ± 2.1", with " (n=3)" when cells differ in their number of runs."""
     def fmt(c):
         if math.isnan(c["mean"]):
             return "–"
-        text = f"{c['mean']:.1f}" if math.isnan(c["std"]) else f"{c['mean']:.1f} ± {c['std']:.1f}"
+        text = (f"{c['mean']:.{digits}f}" if math.isnan(c["std"])
+                else f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}")
         return text + (f" (n={c['n']})" if show_n and c["task"] != "Avg" else "")
 
     keys = ["method", *group_by]
@@ -211,12 +216,12 @@ def main(argv=None):
         runs, group_by = run_folder.load_runs(args.runs_dirs, args.group_by, "make_table.py")
         df, no_score = collect(runs, args.metric, group_by)
         if no_score:
-            why = "no test score (trained without --get_test_subset 1)" if args.metric == "test" else \
-                "no validation score"
+            why = {"test": "no test score (trained without --get_test_subset 1)", "best_val": "no validation score"}.get(
+                args.metric, "no prompt norms (no prompt, or made before results.json recorded them)")
             print(f"make_table.py: warning: skipped {len(no_score)} run(s) with {why}: {', '.join(no_score)}",
                   file=sys.stderr)
         if df.empty:
-            raise ValueError(f"no run has a {args.metric} score; try --metric best_val")
+            raise ValueError(f"no run has a {args.metric} value; try --metric best_val")
     except (FileNotFoundError, ValueError) as e:
         print(f"make_table.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -239,7 +244,10 @@ def main(argv=None):
             print(f"make_table.py: warning: cell {' / '.join(map(str, key))} averages runs that differ in {what}: "
                   f"add --group_by {','.join(mixed)} to split them", file=sys.stderr)
 
-    score_name = "best validation score" if args.metric == "best_val" else "test score (best validation state)"
+    score_name = {"best_val": "best validation score x 100", "test": "test score (best validation state) x 100",
+                  "norm_ratio": "||phi(P)|| / ||e|| (mean row norms: projected prompt over vocabulary)",
+                  "branch_ratio": "||phi(P) - P|| / ||P|| (mean row norms: what the network adds over the raw prompt)"
+                  }[args.metric]
     if args.paired:
         try:
             rows = paired(df, runs, *args.paired, group_by)
@@ -247,7 +255,7 @@ def main(argv=None):
             print(f"make_table.py: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         print(paired_markdown(rows, *args.paired))
-        print(f"\npaired difference of the {score_name} x 100 ({args.paired[0]} minus {args.paired[1]}, runs paired "
+        print(f"\npaired difference of the {score_name} ({args.paired[0]} minus {args.paired[1]}, runs paired "
               f"on task, seed, data_seed{''.join(', ' + g for g in group_by)}); 95% CI: mean ± t(0.975, n-1) · std "
               f"/ sqrt(n); All pools every pair as independent")
         return _write(rows, None, args.out, None, 0)
@@ -257,14 +265,14 @@ def main(argv=None):
     cells, tasks = aggregate(df, group_by)
     counts = cells.loc[cells["task"] != "Avg", "n"]
     show_n = counts.nunique() > 1
-    wide = display_table(cells, tasks, group_by, show_n)
-    note = (f"{score_name} x 100, mean ± sample std (ddof=1) over seeds"
+    wide = display_table(cells, tasks, group_by, show_n, 1 if args.metric in run_folder.SCORE_METRICS else 2)
+    note = (f"{score_name}, mean ± sample std (ddof=1) over seeds"
             + ("" if show_n else f", n={counts.iloc[0]} per cell") + "; Avg = mean of the task means")
     print(to_markdown(wide))
     print(f"\n{note}")
     if args.spread:
         print("\n" + to_markdown(spread(cells, args.spread)))
-        print(f"\nper method and task: the {args.spread} with the best and the worst mean {score_name} x 100 over "
+        print(f"\nper method and task: the {args.spread} with the best and the worst mean {score_name} over "
               f"seeds; range = best - worst; std across the {args.spread} values of those means")
     return _write(cells.rename(columns={"mean": "mean_x100", "std": "std_x100"}), wide, args.out,
                   note, len(group_by) + 1, len(tasks) + 1)

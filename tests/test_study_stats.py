@@ -89,3 +89,19 @@ def test_baseline_row_averages_each_test_half_once(tmp_path, capsys):
     assert lines[2] == "| No signal (constant) | 55.0 ± 7.1 | 55.0 |"  # halves of data_seed 1 and 2, once each
     assert lines[3].startswith("| PT | 70.0")
     assert make_table.main([str(root), "--baseline"]) == 2  # best_val has no constant baseline
+
+
+def test_norm_ratios_are_plain_ratios_not_scores(tmp_path, capsys):
+    root = tmp_path / "n"
+    for seed, (projected, phi) in enumerate(((19.5, 19.4), (20.5, 20.6))):
+        run = write_run(root, f"res_s{seed}", [0.7], 0.7, seed=seed, **RES)
+        results = json.loads((run / "results.json").read_text())
+        results["norms"] = {"embedding": 1.0, "prompt": 2.0, "projected": projected, "phi": phi}
+        (run / "results.json").write_text(json.dumps(results))
+    write_run(root, "head", [0.7], 0.7, prefix_len=0)  # no prompt: no norms, skipped with a warning
+    assert make_table.main([str(root), "--metric", "norm_ratio"]) == 0
+    printed = capsys.readouterr()
+    assert table_lines(printed.out)[2] == "| Residual PT (MLP1) | 20.00 ± 0.71 | 20.00 |"
+    assert "skipped 1 run(s) with no prompt norms" in printed.err
+    assert make_table.main([str(root), "--metric", "branch_ratio"]) == 0
+    assert table_lines(capsys.readouterr().out)[2] == "| Residual PT (MLP1) | 10.00 ± 0.42 | 10.00 |"
