@@ -17,7 +17,8 @@ a cell that averages runs differing in another argument (say lr) is warned about
 "Residual PT (MLP1)" PT): runs of A and B are paired when they share task, seed, data_seed and the --group_by
 values (their learning rates may differ: each method at its own chosen lr); per task and over all pairs: n, the mean
 difference, its 95% t-interval, the std, and wins / ties / losses of A. --spread KEY adds, per method and task,
-how the cell means move across KEY's values (e.g. lr): the best and worst value, their means, range and std.
+how the cell means move across KEY's values (e.g. lr): the best and worst value (ties: the lowest value), their
+means, range and std.
 
 Prints a markdown table on stdout (warnings go to stderr, so `> table.md` keeps the table only). With --out PREFIX
 it also writes PREFIX.csv (one line per cell: method, group values, task, n, mean, std, seeds; unrounded) and
@@ -194,7 +195,8 @@ def spread(cells, key):
     rows = []
     for (method, task), part in cells[cells["task"] != "Avg"].groupby(["method", "task"], sort=False):
         part = part.dropna(subset=["mean"])
-        best, worst = part.loc[part["mean"].idxmax()], part.loc[part["mean"].idxmin()]
+        means = part["mean"].round(6)  # float noise must not break a tie: ties go to the first value (the lowest)
+        best, worst = part.loc[means.idxmax()], part.loc[means.idxmin()]
         rows.append({"Method": method, "task": task, f"best {key}": best[key], "best": f"{best['mean']:.1f}",
                      f"worst {key}": worst[key], "worst": f"{worst['mean']:.1f}",
                      "range": f"{best['mean'] - worst['mean']:.1f}",
