@@ -52,8 +52,8 @@ NOT_DEFINING = {"save_dir", "save_name", "device", "progress", "overwrite", "res
 REPLICATE_KEYS = {"seed", "data_seed"}
 # --metric of the table scripts: results.json's best_val_score, test.score, and two ratios of its prompt norms
 # (norm_ratio: mean row norm of the projected prompt phi(P) over the vocabulary's; branch_ratio: of phi(P) - P over P,
-# with a residual network the branch next to the skip)
-METRICS = ("best_val", "test", "norm_ratio", "branch_ratio")
+# with a residual network the branch next to the skip), and the run's wall time in seconds
+METRICS = ("best_val", "test", "norm_ratio", "branch_ratio", "wall_time_s")
 SCORE_METRICS = ("best_val", "test")  # scores (tables show them x 100); the others are plain ratios
 
 
@@ -532,6 +532,8 @@ def score(run: Run, metric: str) -> float | None:
     None where it has none."""
     if metric == "best_val":
         return run.results.get("best_val_score")
+    if metric == "wall_time_s":
+        return run.results.get("wall_time_s")
     if metric in ("norm_ratio", "branch_ratio"):
         norms = run.results.get("norms") or {}
         num, den = ("projected", "embedding") if metric == "norm_ratio" else ("phi", "prompt")

@@ -48,7 +48,8 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR", help="folders searched recursively for runs")
     p.add_argument("--metric", default="best_val", choices=run_folder.METRICS,
-                   help="best_val: results.json best_val_score; test: the test subset's score of the best state")
+                   help="best_val: results.json best_val_score; test: the test subset's score of the best state; "
+                        "norm_ratio, branch_ratio: prompt norm ratios (results.json norms); wall_time_s: seconds")
     p.add_argument("--group_by", default="", help="comma-separated args.json keys that split rows (e.g. lr,prefix_len)")
     p.add_argument("--paired", nargs=2, metavar=("A", "B"), default=None,
                    help="print paired differences A - B (method labels) per task instead of the table")
@@ -248,8 +249,8 @@ def main(argv=None):
 
     score_name = {"best_val": "best validation score x 100", "test": "test score (best validation state) x 100",
                   "norm_ratio": "||phi(P)|| / ||e|| (mean row norms: projected prompt over vocabulary)",
-                  "branch_ratio": "||phi(P) - P|| / ||P|| (mean row norms: what the network adds over the raw prompt)"
-                  }[args.metric]
+                  "branch_ratio": "||phi(P) - P|| / ||P|| (mean row norms: what the network adds over the raw prompt)",
+                  "wall_time_s": "wall time of the run in seconds (results.json wall_time_s)"}[args.metric]
     if args.paired:
         try:
             rows = paired(df, runs, *args.paired, group_by)
@@ -267,7 +268,8 @@ def main(argv=None):
     cells, tasks = aggregate(df, group_by)
     counts = cells.loc[cells["task"] != "Avg", "n"]
     show_n = counts.nunique() > 1
-    wide = display_table(cells, tasks, group_by, show_n, 1 if args.metric in run_folder.SCORE_METRICS else 2)
+    digits = 1 if args.metric in run_folder.SCORE_METRICS else 0 if args.metric == "wall_time_s" else 2
+    wide = display_table(cells, tasks, group_by, show_n, digits)
     note = (f"{score_name}, mean ± sample std (ddof=1) over seeds"
             + ("" if show_n else f", n={counts.iloc[0]} per cell") + "; Avg = mean of the task means")
     print(to_markdown(wide))
