@@ -36,8 +36,14 @@ def run_py(args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess
     """``python ARGS`` (this interpreter) in a child process, as tests start train.py, torchrun
     (``-m torch.distributed.run``), scripts/*.py and tests/fault_runner.py. ``env``: variables set on top of
     os.environ. Output is captured as text. The timeout is generous on purpose: on a loaded 2-core machine a child
-    gets a fraction of a core, and a timeout should only ever mean a hang."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env={**os.environ, **(env or {})},
+    gets a fraction of a core, and a timeout should only ever mean a hang. A train.py run gets --save_adapter 0
+    unless it names --save_adapter or --push_to_hub itself."""
+    args = [str(a) for a in args]
+    if any(a.endswith("train.py") for a in args[:4]) and "--save_adapter" not in args and "--push_to_hub" not in args:
+        # Importing peft costs seconds per child process; the runs that are about the adapter say so explicitly
+        # (tests/test_run_adapter.py runs the default, auto).
+        args += ["--save_adapter", "0"]
+    return subprocess.run([sys.executable, *args], cwd=cwd, env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -46,7 +46,7 @@ def run_dir(tiny_t5_dir, data_dir, tmp_path_factory):
                        str(tiny_t5_dir), "--prefix_MLP", "MLP1", "--freeze_weights", "1", "--early_stopping", "1",
                        "--select_k_per_class", "4", "--limit_val_set", "4", "--num_epochs", "2", "--batch_size", "4",
                        "--seq_len", str(SEQ_LEN), "--prefix_len", str(P), "--save_dir", str(save_dir),
-                       "--save_name", "r", "--progress", "0"])
+                       "--save_name", "r", "--progress", "0", "--save_adapter", "auto"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return save_dir / "r"
 

@@ -18,6 +18,8 @@ def _train(model, data, save_dir, *extra, env=None, name="r"):
     args = ["train.py", "--task", "cb", "--data_dir", str(data), "--model_name", str(model), "--freeze_weights", "1",
             "--prefix_MLP", "MLP1", "--num_epochs", "1", "--batch_size", "8", "--prefix_len", "4",
             "--save_dir", str(save_dir), "--save_name", name, *map(str, extra)]
+    if "--save_adapter" not in args and "--push_to_hub" not in args:
+        args += ["--save_adapter", "auto"]  # the default, said explicitly (run_py turns it off otherwise)
     return run_py(args, env={"PYTHONWARNINGS": "ignore", **(env or {})})
 
 
