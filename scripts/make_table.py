@@ -166,9 +166,18 @@ def paired(df, runs, a, b, group_by):
     diff = (sides[0] - sides[1]).dropna().reset_index(name="diff")
     if diff.empty:
         raise ValueError(f"--paired: no run of {a!r} has a partner of {b!r} with the same {', '.join(keys)}")
-    rows = [_diff_row(task, part["diff"]) for task, part in diff.groupby("task", sort=False)]
-    rows.sort(key=lambda r: run_folder.task_rank(r["task"]))
+    rows = []
+    for key, part in diff.groupby(["task", *group_by], sort=False):  # one row per task (and --group_by values)
+        key = key if isinstance(key, tuple) else (key,)
+        label = key[0] + "".join(f", {g} {_text(v)}" for g, v in zip(group_by, key[1:]))
+        rows.append({**_diff_row(label, part["diff"]), "_order": (run_folder.task_rank(key[0]),
+                                                                  [_value_key(v) for v in key[1:]])})
+    rows = [{k: v for k, v in r.items() if k != "_order"} for r in sorted(rows, key=lambda r: r["_order"])]
     return pd.DataFrame(rows + [_diff_row("All", diff["diff"])])
+
+
+def _text(v):
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _diff_row(task, d):

@@ -44,7 +44,8 @@ def test_paired_needs_partners_and_one_run_per_key(sweep, capsys):  # noqa: F811
     # grouped by lr, the pairs need the same lr: none of Residual PT's (0.3) meets PT's 1.0 run, 0.3 ones pair
     assert make_table.main([str(sweep), "--metric", "test", "--group_by", "lr",
                             "--paired", "Residual PT (MLP1)", "PT"]) == 0
-    assert "| All | 4 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| All | 4 |" in out and "| cb, lr 0.3 | 2 | +16.5 |" in out  # one row per task and lr
 
 
 def test_spread_across_learning_rates(tmp_path, capsys):
