@@ -219,7 +219,7 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
 
     # ---- final evaluation with the best state, then save ----
     wrapper.load_trainable_state(best)
-    final, predictions = _final_eval(args, wrapper, task, val, test, dist)
+    final, predictions = _final_eval(args, wrapper, task, val, test, dist, state.best_eval)
     final["norms"] = wrapper.norms(best)
     if dist.is_main:
         for split, preds in predictions.items():
@@ -312,14 +312,16 @@ def _run_info(args, task, device, dist, wrapper, prompt_ids, data, fingerprint):
                             "token_ids": None if prompt_ids is None else [int(i) for i in prompt_ids]}}
 
 
-def _final_eval(args, wrapper, task, val, test, dist):
-    """The best state on validation (and the test subset): (results.json entries, {split: predictions})."""
+def _final_eval(args, wrapper, task, val, test, dist, kept=None):
+    """The best state on validation (and the test subset): (results.json entries, {split: predictions}). ``kept``:
+    fit's own evaluations of that state (TrainState.best_eval), used instead of evaluating the same state again."""
     kwargs = dict(batch_size=args.eval_batch_size, loss_batch_size=args.batch_size,
                   pad_to=args.seq_len if args.pad_to_max_length else None, dist=dist)
-    res_val = tu.evaluate(wrapper, val, task, **kwargs)
+    kept = kept or {}
+    res_val = kept.get("val") or tu.evaluate(wrapper, val, task, **kwargs)
     final, predictions = {}, {"val": res_val["predictions"]}
     if test is not None:
-        res_test = tu.evaluate(wrapper, test, task, **kwargs)
+        res_test = kept.get("test") or tu.evaluate(wrapper, test, task, **kwargs)
         final["test"], predictions["test"] = _scores(res_test), res_test["predictions"]
         final["test"]["constant_score"] = data_utils.constant_score(task, res_test["targets"], test.groups)
     elif args.test_eval_after_every_task:

@@ -315,11 +315,14 @@ class History:
 class TrainState:
     """Where training stands: enough to continue exactly (with the optimizer and RNG states, see run_folder.py).
     ``step`` counts the batches of ``epoch`` already trained; ``partial`` holds that epoch's losses and training
-    predictions so far; ``best`` is the wrapper's snapshot() at the best validation."""
+    predictions so far; ``best`` is the wrapper's snapshot() at the best validation; ``best_eval`` the evaluations
+    of that state ({"epoch", "val", "test"}: evaluate()'s results), so the final outputs need not evaluate it again
+    (in memory only: after a resume it is None until a new best, and the caller evaluates)."""
     epoch: int = 0
     step: int = 0
     history: History = field(default_factory=History)
     best: dict | None = None
+    best_eval: dict | None = None
     partial: dict = field(default_factory=lambda: {"losses": [], "decoded": [], "targets": []})
 
 
@@ -450,6 +453,8 @@ def fit(wrapper, optimizer, train, val, cfg: FitConfig, hooks: Hooks | None = No
         history.best_epoch = last if cfg.epochs else None
         scores = [e["score"] for e in history.evals if e["epoch"] == last]
         history.best_score = scores[0] if scores else -math.inf  # None in results.json: the last epoch not validated
+        if state.best_eval is not None and state.best_eval["epoch"] != last:
+            state.best_eval = None  # the final state was not evaluated
     return history, best
 
 
@@ -515,13 +520,17 @@ def _validate(wrapper, val, test, cfg, state, epoch):
                   pad_to=cfg.pad_to, dist=cfg.dist)
     res = evaluate(wrapper, val, cfg.task, **kwargs)
     history.evals.append(_entry(epoch, res))
+    res_test = None
     if test is not None and cfg.test_every_eval:
-        history.test_evals.append(_entry(epoch, evaluate(wrapper, test, cfg.task, **kwargs)))
+        res_test = evaluate(wrapper, test, cfg.task, **kwargs)
+        history.test_evals.append(_entry(epoch, res_test))
     # differs from original: its best score started at 0.0, so a run whose scores are all <= 0 (CoLA's MCC,
     # STS-B's Pearson early on) never kept a best state; here the first evaluation always counts.
     if cfg.early_stopping and res["score"] > history.best_score:
         history.best_score, history.best_epoch = res["score"], epoch
         state.best = wrapper.snapshot()
+    if not cfg.early_stopping or history.best_epoch == epoch:  # without early stopping the final state counts
+        state.best_eval = {"epoch": epoch, "val": res, "test": res_test}
     return res
 
 

@@ -221,3 +221,35 @@ def test_evaluate_restores_modes_and_scores(t5_tokenizer, data_dir):
         means = [wrapper.loss(b, wrapper.projected_prompt()).item() for b in batches]
         wrapper.train()
     assert res["loss"] == pytest.approx(np.mean(means), rel=1e-5)
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_fit_keeps_the_evaluations_of_the_state_it_returns(t5_tokenizer, data_dir, early_stopping):
+    """train.py writes predictions_val/test.jsonl (and the test score) from fit's own evaluation of the best state
+    instead of evaluating it again: they must be what evaluating the returned state gives."""
+    wrapper = make_wrapper("MLP1", tokenizer=t5_tokenizer)
+    task = data_utils.get_task("cb")
+    train, val = cb_split(t5_tokenizer, data_dir, n=8), cb_split(t5_tokenizer, data_dir, n=12)
+    test = cb_split(t5_tokenizer, data_dir, n=6)
+    cfg = tu.FitConfig(task=task, epochs=3, batch_size=4, early_stopping=early_stopping, model_dropout=False,
+                       test_every_eval=True, progress=False)
+    state = tu.TrainState()
+    history, best = tu.fit(wrapper, tu.build_optimizer("legacy_adamw", wrapper, lr=0.3), train, val, cfg,
+                           state=state, test=test)
+    kept = state.best_eval
+    assert kept["epoch"] == history.best_epoch and (early_stopping or kept["epoch"] == 2)
+    assert len({e["loss"] for e in history.evals}) == 3  # the states differ, so the kept evaluation is a choice
+    wrapper.load_trainable_state(best)
+    for split, res in (("val", kept["val"]), ("test", kept["test"])):
+        again = tu.evaluate(wrapper, {"val": val, "test": test}[split], task, batch_size=16, loss_batch_size=4)
+        assert res["predictions"] == again["predictions"] and res["score"] == again["score"]
+        assert res["loss"] == pytest.approx(again["loss"], rel=1e-6)
+
+
+def test_fit_keeps_no_evaluation_when_the_final_state_was_not_evaluated(t5_tokenizer, data_dir):
+    wrapper = make_wrapper("None", tokenizer=t5_tokenizer)
+    split = cb_split(t5_tokenizer, data_dir, n=8)
+    cfg = tu.FitConfig(task=data_utils.get_task("cb"), epochs=2, batch_size=4, eval_every=2, progress=False)
+    state = tu.TrainState()
+    tu.fit(wrapper, tu.build_optimizer("legacy_adamw", wrapper, lr=0.3), split, split, cfg, state=state)
+    assert state.best_eval is None  # epoch 0 was evaluated, the returned state is epoch 1's: train.py evaluates it
