@@ -19,7 +19,7 @@ python scripts/plot_curves.py $LR --metric test --out $T/lr > /dev/null 2>&1   #
 
 # 3. Main comparison: each method at its chosen lr (lr_val.md's best lr; PT + MLP1 without the skip at Residual
 #    PT's), 5 seeds; the head-only runs of the same tasks as a reference row
-declare -A LR_PT=([sst2]=0.03 [stsb]=STSB_PT [cola]=COLA_PT) LR_RES=([sst2]=0.003 [stsb]=STSB_RES [cola]=COLA_RES)
+declare -A LR_PT=([sst2]=0.03 [stsb]=0.01 [cola]=0.1) LR_RES=([sst2]=0.003 [stsb]=0.03 [cola]=0.1)
 MAIN=""
 for t in sst2 stsb cola; do
   MAIN+=" $(ls -d $R/$t-pt-len10-lr${LR_PT[$t]}-seed* $R/$t-{mlp_nores,residual_pt}-len10-lr${LR_RES[$t]}-seed* \
