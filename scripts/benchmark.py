@@ -18,6 +18,7 @@ the original; PEFT is plain prompt tuning, for which it has no residual MLP):
                 for both generate and the loss; same math (tests/test_speed.py, tests/test_eval_speed.py)
   ours_bf16     + --precision bf16 (changes numbers)
   ours_grouped  + --group_by_length 1 (changes the data order)
+  ours_nodrop   + --model_dropout 0: the frozen model in eval mode while training, so no dropout masks (changes numbers)
   peft          Hugging Face PEFT prompt tuning (PromptTuningConfig, num_transformer_submodules=1) in a plain torch
                 loop with torch.optim.AdamW, fed the same dynamically padded batches, evaluated with `generate` and
                 a loss forward on length-sorted batches of 32; needs `pip install peft`
@@ -57,7 +58,7 @@ from prompts import SoftPrompt, init_prompt  # noqa: E402
 from res_mlp import build_reparam  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
-ALL_CONFIGS = ("original", "ours", "ours_bf16", "ours_grouped", "peft")
+ALL_CONFIGS = ("original", "ours", "ours_bf16", "ours_grouped", "ours_nodrop", "peft")
 BATCH = 8        # training batch (the paper's), and the loss batch of evaluation
 EVAL_BATCH = 32  # train.py's default --eval_batch_size (4 x --batch_size)
 
@@ -254,6 +255,7 @@ def run_ours(name, model, tokenizer, task, train, val, steps, device, seed=0):
     warm = models.EncodedSplit(val.source_ids[:2], val.target_ids[:2])
     tu.evaluate(wrapper, warm, task, batch_size=2) if not original else evaluate_two_pass(wrapper, warm, task, 2, 2)
     wrapper.train()  # (the evaluation above warmed up generate's first call, outside the timings)
+    wrapper.model.train(name != "ours_nodrop")  # as train.py's --model_dropout (evaluate restores these modes)
     losses = []
     with PeakMemory(device) as mem:
         for i, batch in enumerate(batches):
