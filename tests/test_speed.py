@@ -194,8 +194,14 @@ def test_benchmark_script_prints_the_tables(data_dir, tmp_path):
     assert "% of matmul rate" in proc.stdout and "top operators by self CPU time" in proc.stdout
     report = json.loads(out.read_text())
     assert report["matmul_flops_per_s"] > 0 and report["device"] == "cpu"
+    # the rate is sampled at the start and before each of the 2 configurations; fractions use the highest sample
+    samples = report["matmul_flops_per_s_samples"]
+    assert len(samples) == 3 and report["matmul_flops_per_s"] == max(samples)
+    assert report["tasks"][0]["matmul_flops_per_s"] == max(samples)
+    assert "the highest of 3 measurements in this run" in proc.stdout
     for row in report["tasks"][0]["rows"].values():
         assert row["train_flops"] > 0 and row["eval_flops"] > 0 and 0 < row["train_util"] < 1.5
+        assert row["train_util"] == pytest.approx(row["train_flops_per_s"] / max(samples))
     assert report["tasks"][0]["rows"]["original"]["train_flops"] > report["tasks"][0]["rows"]["ours"]["train_flops"]
     assert report["tasks"][0]["profile"]
     cmp = report["eval_compare"]
