@@ -35,17 +35,6 @@ class AdapterError(ConfigError):
 ExportError = AdapterError  # the name scripts/export_peft.py used
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (save_dir/save_name of train.py)")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="adapter folder to create (must not exist or be empty)")
-    p.add_argument("--base_model", default=None,
-                   help="Hub name or local T5 folder to load and record as the adapter's base model (default: the "
-                        "run's model/ if it trained model weights, else args.json model_name)")
-    return p
-
-
 def read_run(run_dir):
     """-> (args, projected prompt [P, H] float32 tensor). Refuses what has no prompt or is unfinished."""
     import run_folder as rf
