@@ -352,10 +352,15 @@ class RunFolder:
         atomic_write(self.file(f"predictions_{split}.jsonl"), lambda f: f.write(text.encode()))
 
     def write_all_results(self, results: dict):
-        """all_results.json, flat as transformers' run_glue writes it (eval_*, test_*, train_*, epoch)."""
-        flat = {"epoch": results.get("best_epoch"), "train_runtime": results.get("wall_time_s"),
+        """all_results.json, flat as transformers' run_glue writes it: ``epoch`` = epochs trained (a float, as the
+        Trainer writes it), ``train_loss`` = the mean training loss over the whole run (the mean of the epochs' mean
+        losses: every epoch has the same number of steps), ``train_runtime`` = the run's wall time, ``eval_*`` = the
+        validation of the best state (at ``best_epoch``, 0-based as in results.json), ``test_*`` = its test half."""
+        losses = [x for x in results.get("train", {}).get("loss") or [] if x is not None]
+        flat = {"epoch": float(len(losses)), "best_epoch": results.get("best_epoch"),
+                "train_runtime": results.get("wall_time_s"),
                 "train_samples": (results.get("n_examples") or {}).get("train"),
-                "train_loss": (results.get("train", {}).get("loss") or [None])[-1]}
+                "train_loss": sum(losses) / len(losses) if losses else None}
         best = next((e for e in results.get("validation", []) if e["epoch"] == results.get("best_epoch")), None)
         for prefix, scores in (("eval", best), ("test", results.get("test"))):
             if scores:

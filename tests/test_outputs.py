@@ -47,7 +47,13 @@ def test_all_results_json_is_flat_like_run_glue(run_dir):
                 "test_score", "test_loss", "test_acc", "test_f1_macro"):
         assert key in flat, key
     results = json.loads((folder / "results.json").read_text())
-    assert flat["test_score"] == results["test"]["score"] and flat["epoch"] == results["best_epoch"]
+    assert flat["test_score"] == results["test"]["score"] and flat["best_epoch"] == results["best_epoch"]
+    # as the Trainer: epoch = epochs trained (not the best one), train_loss = the mean over the whole run
+    losses = results["train"]["loss"]
+    assert flat["epoch"] == float(len(losses)) == float(results["args"]["num_epochs"])
+    assert flat["train_loss"] == pytest.approx(sum(losses) / len(losses))
+    best = next(e for e in results["validation"] if e["epoch"] == results["best_epoch"])
+    assert flat["eval_score"] == best["score"] and flat["eval_loss"] == best["loss"]
 
 
 def test_predictions_files_name_each_row(run_dir):
