@@ -128,6 +128,17 @@ def format_example(task: Task, row: dict) -> tuple[str, str]:
     return source.strip() + " </s>", target + " </s>"
 
 
+def prediction_record(task: Task, row: dict, prediction: str, with_target: bool = True) -> dict:
+    """One line of predictions_{split}.jsonl (train.py) and of scripts/predict.py's output: the row id, the model's
+    input text, the target (unless the row has no label) and the prediction, without T5's special tokens."""
+    source, target = format_example(task, row)
+    record = {"id": row.get("idx"), "input": source.removesuffix(" </s>")}
+    if with_target:
+        record["target"] = target.removesuffix(" </s>")
+    record["prediction"] = prediction.replace("<pad>", "").replace("</s>", "").strip()
+    return record
+
+
 # ---------------------------------------------------------------------------------------------- tokenization
 def encode(tokenizer, text: str, max_length: int) -> list[int]:
     return encode_batch(tokenizer, [text], max_length)[0]

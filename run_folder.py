@@ -436,11 +436,19 @@ def load_run(path, model_name=None, device="cpu"):
     import data_utils
     import models
 
+    fix = "pass the save_dir/save_name folder of a finished train.py run"
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: no such run folder: {fix}")
+    for name in (ARGS, RESULTS):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise ConfigError(f"{path} is not a finished run folder (it has no {name}): {fix}")
     args = read_json(os.path.join(path, ARGS), required=True)
     built = Namespace(**{**args, "prompt_init": "uniform", "prefix_path": ""})  # the prompt is then loaded
     results = read_json(os.path.join(path, RESULTS), required=True)
     if results.get("complete") is not True:
         raise ConfigError(f"{path} is not a finished run (results.json says complete: {results.get('complete')})")
+    if not os.path.isfile(os.path.join(path, CHECKPOINT)):
+        raise ConfigError(f"{path} is not a finished run folder (it has no {CHECKPOINT}): {fix}")
     ckpt = torch.load(os.path.join(path, CHECKPOINT), map_location="cpu", weights_only=True)
     name = model_name or (os.path.join(path, MODEL_DIR) if os.path.isdir(os.path.join(path, MODEL_DIR))
                           else args["model_name"])

@@ -223,7 +223,8 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     final["norms"] = wrapper.norms(best)
     if dist.is_main:
         for split, preds in predictions.items():
-            folder.write_predictions(split, _prediction_rows(task, splits[split], preds))
+            folder.write_predictions(split, [data_utils.prediction_record(task, row, pred)
+                                             for row, pred in zip(splits[split], preds)])
         folder.save_final(best, arg_dict, history, wrapper)
         folder.write_all_results(write_results(history, final={**final, "complete": True}))
         folder.finish()
@@ -327,16 +328,6 @@ def _final_eval(args, wrapper, task, val, test, dist, kept=None):
     elif args.test_eval_after_every_task:
         final["final_eval"] = {"split": "validation", **_scores(res_val)}
     return final, predictions
-
-
-def _prediction_rows(task, rows, predictions):
-    """predictions_{split}.jsonl rows: the row id, the model's input text, the target and the prediction."""
-    out = []
-    for row, pred in zip(rows, predictions):
-        source, target = data_utils.format_example(task, row)
-        out.append({"id": row.get("idx"), "input": source.removesuffix(" </s>"), "target": target.removesuffix(
-            " </s>"), "prediction": pred.replace("<pad>", "").replace("</s>", "").strip()})
-    return out
 
 
 def _scores(res):

@@ -49,11 +49,7 @@ def main(argv=None):
         return 2
     out = open(a.out, "w") if a.out else sys.stdout
     for row, pred in zip(rows, res["predictions"]):
-        source, target = data_utils.format_example(task, row) if labelled else (None, None)
-        record = {"id": row.get("idx"), "prediction": pred.replace("<pad>", "").replace("</s>", "").strip()}
-        if target is not None:
-            record["target"] = target.removesuffix(" </s>")
-        out.write(json.dumps(record) + "\n")
+        out.write(json.dumps(data_utils.prediction_record(task, row, pred, with_target=labelled)) + "\n")
     if a.out:
         out.close()
     if labelled:

@@ -86,14 +86,20 @@ def test_predict_scores_a_finished_run_and_new_rows(run_dir, fixture_data_dir, t
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 10 and "score" in proc.stderr  # the full validation file of the fixture
+    assert all(set(r) == {"id", "input", "target", "prediction"} for r in rows)  # as predictions_{split}.jsonl
     new = tmp_path / "new.jsonl"
     new.write_text(json.dumps({"premise": "The cat sat.", "hypothesis": "A cat sat."}) + "\n")
     proc = run_py(["scripts/predict.py", str(folder), "--input", str(new)])
     assert proc.returncode == 0, proc.stderr
-    assert [set(json.loads(line)) for line in proc.stdout.splitlines()] == [{"id", "prediction"}]
+    [record] = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert set(record) == {"id", "input", "prediction"}  # no label, no target
+    assert "The cat sat." in record["input"] and "A cat sat." in record["input"]
     assert results["complete"] is True
-    bad = run_py(["scripts/predict.py", str(tmp_path)])
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    for folder_arg, says in ((tmp_path, "is not a finished run folder (it has no args.json)"),
+                             (tmp_path / "nope", "no such run folder")):
+        bad = run_py(["scripts/predict.py", str(folder_arg)])
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+        assert says in bad.stderr and "save_dir/save_name" in bad.stderr and "--overwrite" not in bad.stderr
 
 
 def test_results_json_records_what_a_constant_prediction_scores_on_the_test_half(run_dir):
