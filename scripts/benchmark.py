@@ -419,6 +419,27 @@ def run_flops(run_dir, device_name="auto", seconds=2.0):
             "matmul_flops_per_s": peak, "mfu": total / wall / peak}
 
 
+def profile_ours(wrappers, train, val, task, device):
+    """Top operators of `ours` (2 training steps; the evaluation of ``val``) and, when it ran, of `ours_nodrop`'s
+    training: where the time goes beside the matrix products, with and without the dropout masks."""
+    batches = [{k: v.to(device) for k, v in b.items() if k != "rows"}
+               for b in list(tu.make_batches(train, BATCH, task.target_len))[:2]]
+    profiles = {}
+    for name in ("ours", "ours_nodrop"):
+        wrapper = wrappers.get(name)
+        if wrapper is None:
+            continue
+        optimizer = tu.build_optimizer("legacy_adamw", wrapper, lr=0.3)
+        wrapper.train()
+        wrapper.model.train(name != "ours_nodrop")  # as run_ours
+        profiles[f"`{name}` training (2 steps)"] = top_ops(
+            lambda: [tu.train_step(wrapper, optimizer, b) for b in batches], device)
+        if name == "ours":
+            profiles[f"`ours` evaluation ({len(val)} rows)"] = top_ops(lambda: tu.evaluate(
+                wrapper, val, task, batch_size=EVAL_BATCH, loss_batch_size=BATCH), device)
+    return profiles
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------------------------
@@ -556,7 +577,7 @@ def main(argv=None):
     for task_name in tasks if configs else []:
         task, train, val = load_data(task_name, tokenizer, BATCH * (steps + 1), eval_rows, args.data_dir)
         mean_len = np.mean([len(s) for s in train.source_ids])
-        rows, ours_wrapper = {}, None
+        rows, wrappers = {}, {}
         for name in configs:
             rates.append(matmul_rate(device, peak_dtype))  # the rate drifts on a VM: sampled before every configuration
             started = time.perf_counter()
@@ -568,8 +589,7 @@ def main(argv=None):
                     continue
                 rows[name] = run_peft(model, tokenizer, task, train, val, steps, device)
             else:
-                rows[name], wrapper = run_ours(name, model, tokenizer, task, train, val, steps, device)
-                ours_wrapper = wrapper if name == "ours" else ours_wrapper
+                rows[name], wrappers[name] = run_ours(name, model, tokenizer, task, train, val, steps, device)
             print(f"# {task_name} {name}: {time.perf_counter() - started:.0f} s", flush=True)
         peak = max(rates)
         print_tables(task_name, rows, peak, str(peak_dtype).replace("torch.", ""), mean_len, len(train), rates)
@@ -580,17 +600,10 @@ def main(argv=None):
                               "eval_flops_per_s": v["eval_flops"] / v["eval_s"],
                               "train_util": v["train_flops"] / v["train_s"] / peak,
                               "eval_util": v["eval_flops"] / v["eval_s"] / peak} for k, v in rows.items()}}
-        if ours_wrapper is not None and not args.no_profile:
-            optimizer = tu.build_optimizer("legacy_adamw", ours_wrapper, lr=0.3)
-            batches = [{k: v.to(device) for k, v in b.items() if k != "rows"}
-                       for b in list(tu.make_batches(train, BATCH, task.target_len))[:2]]
-            ours_wrapper.train()
-            profiles = {"training (2 steps)": top_ops(lambda: [tu.train_step(ours_wrapper, optimizer, b)
-                                                                for b in batches], device),
-                        f"evaluation ({len(val)} rows)": top_ops(lambda: tu.evaluate(
-                            ours_wrapper, val, task, batch_size=EVAL_BATCH, loss_batch_size=BATCH), device)}
+        if wrappers.get("ours") is not None and not args.no_profile:
+            profiles = profile_ours(wrappers, train, val, task, device)
             for what, ops in profiles.items():
-                print(f"\n`ours` {what}: top operators by self {'GPU' if device.type == 'cuda' else 'CPU'} time\n")
+                print(f"\n{what}: top operators by self {'GPU' if device.type == 'cuda' else 'CPU'} time\n")
                 print("| operator | self ms | % |")
                 print("|---|---|---|")
                 for op, ms, pct in ops:

@@ -183,27 +183,29 @@ def test_precision_flag_runs_end_to_end(tiny_t5_dir, data_dir, tmp_path):
 def test_benchmark_script_prints_the_tables(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     proc = run_py(["scripts/benchmark.py", "--shape", "tiny", "--steps", "2", "--eval_rows", "8", "--tasks", "cb",
-                   "--configs", "original,ours", "--data_dir", str(data_dir), "--eval_compare", "--compare_rows", "12",
+                   "--configs", "original,ours,ours_nodrop", "--data_dir", str(data_dir), "--eval_compare", "--compare_rows", "12",
                    "--repeats", "1", "--json", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     head = proc.stdout.index("| configuration | train ex/s")
-    lines = [line for line in proc.stdout[head:].splitlines()[2:4]]
-    assert [line.split("|")[1].strip() for line in lines] == ["original", "ours"]
+    lines = [line for line in proc.stdout[head:].splitlines()[2:5]]
+    assert [line.split("|")[1].strip() for line in lines] == ["original", "ours", "ours_nodrop"]
     original = [float(x) for x in lines[0].strip("| ").split("|")[1:]]
     assert original[3:5] == [1.0, 1.0]  # the baseline's ratios to itself
     assert "% of matmul rate" in proc.stdout and "top operators by self CPU time" in proc.stdout
     report = json.loads(out.read_text())
     assert report["matmul_flops_per_s"] > 0 and report["device"] == "cpu"
-    # the rate is sampled at the start and before each of the 2 configurations; fractions use the highest sample
+    # the rate is sampled at the start and before each of the 3 configurations; fractions use the highest sample
     samples = report["matmul_flops_per_s_samples"]
-    assert len(samples) == 3 and report["matmul_flops_per_s"] == max(samples)
+    assert len(samples) == 4 and report["matmul_flops_per_s"] == max(samples)
     assert report["tasks"][0]["matmul_flops_per_s"] == max(samples)
-    assert "the highest of 3 measurements in this run" in proc.stdout
+    assert "the highest of 4 measurements in this run" in proc.stdout
     for row in report["tasks"][0]["rows"].values():
         assert row["train_flops"] > 0 and row["eval_flops"] > 0 and 0 < row["train_util"] < 1.5
         assert row["train_util"] == pytest.approx(row["train_flops_per_s"] / max(samples))
     assert report["tasks"][0]["rows"]["original"]["train_flops"] > report["tasks"][0]["rows"]["ours"]["train_flops"]
-    assert report["tasks"][0]["profile"]
+    profile = report["tasks"][0]["profile"]  # ours (training, evaluation) and ours_nodrop (training)
+    assert [k.split(" (")[0] for k in profile] == ["`ours` training", "`ours` evaluation", "`ours_nodrop` training"]
+    assert not any(op["op"] == "aten::bernoulli_" for op in profile["`ours_nodrop` training (2 steps)"])
     cmp = report["eval_compare"]
     assert cmp["rows"] == 12 and cmp["same_predictions"] and cmp["loss_rel_diff"] < 1e-5
     assert cmp["flops"]["after"] < cmp["flops"]["before"]  # one encoder pass instead of two
