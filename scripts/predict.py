@@ -24,13 +24,18 @@ sys.path.insert(0, ROOT)
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a finished run folder (save_dir/save_name of train.py)")
-    p.add_argument("--split", default="validation", choices=["train", "validation"])
+    p.add_argument("--split", default=None, choices=["train", "validation"], help="default: validation")
     p.add_argument("--input", default=None, help="jsonl of new rows in the task's fields (instead of --split)")
     p.add_argument("--out", default=None, help="predictions jsonl to write (default: stdout)")
     p.add_argument("--data_dir", default=None, help="override the run's --data_dir")
     p.add_argument("--model_name", default=None, help="override the run's --model_name")
     p.add_argument("--batch_size", type=int, default=32)
     a = p.parse_args(argv)
+    problem = _check_cli(a)
+    if problem:
+        print(f"predict.py: error: {problem}", file=sys.stderr)
+        return 2
+    a.split = a.split or "validation"
 
     import data_utils
     import run_folder
@@ -47,15 +52,37 @@ def main(argv=None):
     except (ConfigError, DataError, OSError) as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return 2
-    out = open(a.out, "w") if a.out else sys.stdout
-    for row, pred in zip(rows, res["predictions"]):
-        out.write(json.dumps(data_utils.prediction_record(task, row, pred, with_target=labelled)) + "\n")
+    lines = "".join(json.dumps(data_utils.prediction_record(task, row, pred, with_target=labelled)) + "\n"
+                    for row, pred in zip(rows, res["predictions"]))
     if a.out:
-        out.close()
+        try:
+            run_folder.atomic_write(a.out, lambda f: f.write(lines.encode()))
+        except OSError as e:
+            print(f"predict.py: error: cannot write --out {a.out}: {e}", file=sys.stderr)
+            return 2
+    else:
+        sys.stdout.write(lines)
     if labelled:
         print(f"predict.py: {task.name} {len(rows)} rows: score {res['score']:.4f} official {res['official']} "
               f"loss {res['loss']:.4f}", file=sys.stderr)
     return 0
+
+
+def _check_cli(a):
+    """The flags' problems that need no data or model: a one-line message, or None."""
+    if a.input is not None and a.split is not None:
+        return "--split and --input are exclusive: --split scores a split of the run's task, --input new rows"
+    if a.input is not None and not os.path.isfile(a.input):
+        return f"--input {a.input}: no such file: pass a jsonl file of rows in the task's fields"
+    if a.batch_size < 1:
+        return f"--batch_size {a.batch_size}: pass a positive number of rows"
+    if a.out:
+        parent = os.path.dirname(os.path.abspath(a.out))
+        if os.path.isdir(a.out):
+            return f"--out {a.out} is a folder: pass a file path, e.g. {os.path.join(a.out, 'predictions.jsonl')}"
+        if not os.path.isdir(parent):
+            return f"--out {a.out}: the folder {parent} does not exist: create it or choose another path"
+    return None
 
 
 def _rows(a, task, args, data_utils):

@@ -102,6 +102,21 @@ def test_predict_scores_a_finished_run_and_new_rows(run_dir, fixture_data_dir, t
         assert says in bad.stderr and "save_dir/save_name" in bad.stderr and "--overwrite" not in bad.stderr
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--out", "{tmp}/no_such_folder/p.jsonl"], "does not exist: create it"),
+    (["--out", "{tmp}"], "is a folder: pass a file path"),
+    (["--split", "train", "--input", "{tmp}/rows.jsonl"], "--split and --input are exclusive"),
+    (["--input", "{tmp}/missing.jsonl"], "no such file"),
+    (["--batch_size", "0"], "pass a positive number"),
+])
+def test_predict_refuses_bad_flags_before_any_work(run_dir, tmp_path, flags, says):
+    folder, _ = run_dir
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"premise": "a", "hypothesis": "b"}) + "\n")
+    proc = run_py(["scripts/predict.py", str(folder)] + [f.format(tmp=tmp_path) for f in flags])
+    assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "no_such_folder").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]
+
+
 def test_results_json_records_what_a_constant_prediction_scores_on_the_test_half(run_dir):
     import data_utils
 
