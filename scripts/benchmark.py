@@ -29,8 +29,9 @@ as a fraction of the machine's matrix-product rate measured in the same process 
 measured at the start and again before every configuration, the fractions taken against the highest measurement
 (the rate of a virtual machine drifts by tens of percent between minutes; the highest is the conservative limit).
 Also peak memory above the idle process (CPU: resident set size sampled every 2 ms; CUDA: max_memory_allocated),
-ratios to `original`, and the top operators by self time (torch.profiler) of `ours`. --eval_compare times today's
-evaluation against the previous one (two encoder passes per batch, batches of 32 rows) on a whole validation split.
+ratios to `original`, and the top operators by self time (torch.profiler) of `ours` and of `ours_nodrop`'s
+training. --eval_compare times today's evaluation against the previous one (two encoder passes per batch, batches
+of 32 rows) on a whole validation split.
 No number here is asserted anywhere: this is a measurement.
 """
 from __future__ import annotations
