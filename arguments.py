@@ -12,19 +12,39 @@ import sys
 
 from data_utils import TASKS
 from distributed import world_size
-from errors import ConfigError
-from models import POOLINGS, PRECISIONS, default_pooling
-from prompts import INITIALIZERS
+from residual_prompts.errors import EXIT_BAD_INPUT, ConfigError
+from residual_prompts.models import POOLINGS, PRECISIONS, default_pooling
+from residual_prompts.prompts import INITIALIZERS
 from res_mlp import REPARAM_NAMES, USES_MLP_OPTIONS
 from tracking import check_available
 from train_utils import OPTIMIZERS as OPTIMIZER_NAMES
 
-EXIT_BAD_INPUT = 2
 SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds in [0, 2**32 - 1]
 MAX_NAME_BYTES = 255  # one path component on common file systems
 
 
 class Parser(argparse.ArgumentParser):
+    """train.py's parser. ``flags``: {flag name without "--": its argparse Action} of every flag, in definition
+    order, argument groups included: how sweep.py and peft_adapter.py read the flags (types, choices, defaults)."""
+
+    @property
+    def flags(self) -> dict:
+        return self.__dict__.setdefault("_flags", {})
+
+    def _record(self, action):
+        if action.option_strings and action.dest != "help":
+            self.flags[action.option_strings[0][2:]] = action
+        return action
+
+    def add_argument(self, *names, **kwargs):
+        return self._record(super().add_argument(*names, **kwargs))
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+        group.add_argument = lambda *names, **kw: self._record(add(*names, **kw))
+        return group
+
     def error(self, message):  # one line, exit 2 (argparse's default also prints the whole usage)
         bad = re.fullmatch(r"argument (\S+): invalid choice: (.+?) \(choose from (.*)\)", message)
         if bad:  # argparse quotes each choice; name the flag, the value and the valid names plainly

@@ -20,7 +20,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from errors import ConfigError
+from residual_prompts.errors import ConfigError
 
 
 class Dist:

@@ -19,17 +19,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import warnings
 
-from errors import ConfigError
-from run_folder import ADAPTER_DIR
+from residual_prompts.peft_export import AdapterError, write_peft_adapter
+from run_files import ADAPTER_DIR
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-class AdapterError(ConfigError):
-    """A user-facing problem; str(e) is one line naming it and the fix."""
 
 
 ExportError = AdapterError  # the name scripts/export_peft.py used
@@ -37,7 +31,7 @@ ExportError = AdapterError  # the name scripts/export_peft.py used
 
 def read_run(run_dir):
     """-> (args, projected prompt [P, H] float32 tensor). Refuses what has no prompt or is unfinished."""
-    import run_folder as rf
+    import run_files as rf
 
     paths = {f: os.path.join(run_dir, f) for f in (rf.ARGS, rf.RESULTS, rf.CHECKPOINT, rf.PROMPT)}
     if not (os.path.isfile(paths[rf.ARGS]) and os.path.isfile(paths[rf.RESULTS])):
@@ -46,14 +40,15 @@ def read_run(run_dir):
     args, results = rf.read_json(paths[rf.ARGS]), rf.read_json(paths[rf.RESULTS])
     if not args or not results:
         raise AdapterError(f"{run_dir}: args.json or results.json is not a run's JSON object; rerun train.py")
-    if (results.get("trainable_params") or {}).get("head"):
+    # results.json records the family; records older than that field show an encoder by its trained head
+    if results.get("family", "encoder" if (results.get("trainable_params") or {}).get("head") else "") == "encoder":
         raise AdapterError(f"{run_dir} is a BERT-style encoder run (a classification head on [CLS]); PEFT's prompt "
                           f"tuning adapters here are for T5 runs only: use its checkpoint.pt and prompt.npy")
     if int(args.get("prefix_len", 0)) == 0:
         model_dir = os.path.join(run_dir, "model")
         raise AdapterError(f"{run_dir} is a full fine-tuning run (--prefix_len 0): it has no prompt to export; its "
                           f"trained model is {model_dir} (T5ForConditionalGeneration.from_pretrained)")
-    if results.get("complete") is not True:
+    if not rf.is_complete(results):
         raise AdapterError(f"{run_dir} is not finished (results.json complete is not true): run its train.py command "
                           f"again to complete it, then export")
     import numpy as np
@@ -105,7 +100,7 @@ def base_config(name):
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
-    import models
+    from residual_prompts import models
 
     hf_logging.disable_progress_bar()
     try:
@@ -113,41 +108,18 @@ def base_config(name):
     except Exception as e:  # any failure here is a problem with the model named
         raise AdapterError(f"cannot load the base model {name!r} ({_first(e)}); pass --base_model with a local T5 "
                            f"folder or a reachable Hub name") from None
-    if models.is_encoder_only(config) or config.model_type not in ("t5", "mt5"):
-        kind = "a BERT-style encoder" if models.is_encoder_only(config) else f"a {config.model_type!r} model"
+    family = models.family_of(config)
+    if family != "t5":
+        kind = "a BERT-style encoder" if family == "encoder" else f"a {config.model_type!r} model"
         raise AdapterError(f"the base model {name!r} is {kind}; PEFT prompt tuning adapters are written for T5 runs "
                            f"only (an encoder run's prompt is in its checkpoint.pt and prompt.npy)")
     return config
-
-
-def _peft_model(config, name, n_tokens):
-    """PEFT's prompt-tuning model around the base architecture built on the meta device (no weights: only the
-    prompt embedding, moved to the CPU, holds data)."""
-    import torch
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-    from transformers import T5ForConditionalGeneration
-
-    with torch.device("meta"):
-        model = T5ForConditionalGeneration(config)
-    model.name_or_path = name  # what PEFT records as base_model_name_or_path
-    peft_config = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=n_tokens,
-                                     token_dim=config.d_model, num_transformer_submodules=1,  # encoder input only
-                                     prompt_tuning_init=PromptTuningInit.RANDOM)  # overwritten by the caller
-    with warnings.catch_warnings():  # peft 0.21 reads a transformers 5 attribute that warns about its deprecation
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = get_peft_model(model, peft_config)
-    peft_model.prompt_encoder["default"].to_empty(device="cpu")
-    return peft_model
 
 
 def export(run_dir, out_dir, base_model=None):
     """Write the adapter; returns (its PromptTuningConfig, the base model name recorded)."""
     check_out_dir(out_dir)  # the refusals come before the slow imports
     args, prompt = read_run(run_dir)  # [P, H]
-    import torch
-    from peft import PeftConfig
-    from safetensors.torch import load_file
-
     if base_model is None:
         trained = os.path.join(run_dir, "model")
         base_model = trained if os.path.isdir(trained) else args["model_name"]
@@ -159,35 +131,8 @@ def export(run_dir, out_dir, base_model=None):
     if width != model_config.d_model:
         raise AdapterError(f"the prompt is {width} wide but the base model {base_model!r} has d_model "
                            f"{model_config.d_model}; pass --base_model the model the run was trained on")
-    peft_model = _peft_model(model_config, base_model, n_tokens)
-    with torch.no_grad():
-        peft_model.prompt_encoder["default"].embedding.weight.copy_(prompt)  # [P, H]
-
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
-    try:  # written beside OUT_DIR, checked, then renamed: OUT_DIR never holds a partial adapter
-        peft_model.save_pretrained(tmp)
-        saved = load_file(os.path.join(tmp, "adapter_model.safetensors"))
-        if set(saved) != {"prompt_embeddings"} or not torch.equal(saved["prompt_embeddings"], prompt):
-            raise RuntimeError(f"PEFT wrote {sorted(saved)} that do not hold the run's prompt")
-        loaded = PeftConfig.from_pretrained(tmp)
-        if (loaded.num_virtual_tokens, loaded.token_dim, loaded.num_transformer_submodules) != (n_tokens, width, 1):
-            raise RuntimeError(f"PEFT wrote a config for {loaded.num_virtual_tokens} x {loaded.token_dim} tokens")
-        card = model_card(run_dir, args, n_tokens, width, base_model, os.path.basename(os.path.abspath(out_dir)))
-        with open(os.path.join(tmp, "README.md"), "w") as f:  # replaces PEFT's template
-            f.write(card)
-        umask = os.umask(0)
-        os.umask(umask)
-        for name in os.listdir(tmp):  # mkdtemp makes 0700 (and safetensors 0600): give the modes mkdir/open give
-            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked above)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    card = model_card(run_dir, args, n_tokens, width, base_model, os.path.basename(os.path.abspath(out_dir)))
+    loaded = write_peft_adapter(out_dir, prompt, model_config, base_model, "SEQ_2_SEQ_LM", readme=card)
     return loaded, base_model
 
 
@@ -199,10 +144,10 @@ def train_command(args):
     import shlex
 
     import arguments
-    from errors import ConfigError
+    from residual_prompts.errors import ConfigError
 
     parser = arguments.build_parser()
-    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"}
+    flags = {a.dest: f"--{name}" for name, a in parser.flags.items()}
     skip = {"progress", "overwrite", "resume"}  # how the run went, not what it computed
 
     def text(v):
@@ -251,10 +196,39 @@ def _metrics(d):
     return ", ".join(f"{k} {100 * float(v):.1f}" for k, v in (d or {}).items() if v is not None) or "–"
 
 
+def _score_rows(results, test):
+    """The model card's score table rows: the best validation epoch, and the test subset when the run had one."""
+    n = results.get("n_examples") or {}
+    best_epoch = results.get("best_epoch")
+    best = next((e for e in results.get("validation", []) if e.get("epoch") == best_epoch), {})
+    rows = [f"| validation, best epoch {best_epoch} ({n.get('validation', '?')} rows) | "
+            f"{_pct(results.get('best_val_score'))} | {_metrics(best.get('official'))} |"]
+    if test:
+        rows.append(f"| test subset, best state ({n.get('test', '?')} rows) | {_pct(test.get('score'))} | "
+                    f"{_metrics(test.get('official'))} |")
+    return rows
+
+
+def _reparam_text(args):
+    reparam = args.get("prefix_MLP")
+    if reparam == "None":
+        return "none (plain prompt tuning)"
+    size = f", bottleneck {args.get('bottleneck_size')}" if reparam in ("MLP1", "MLP2") else ""
+    return f"`{reparam}`{size}" + (", with" if int(args.get("residual", 1)) else ", without") + " the skip connection"
+
+
+def _input_text(task):
+    """What the task's input looks like, as data_utils.format_example writes it."""
+    if task.formatter in ("fields", "stsb"):
+        return "".join(f"{k}: ... " for k in task.keys).strip()
+    return {"sentence": "...", "record": "passage : ... query: ... entities: A; B; C"}.get(task.formatter,
+                                                                                         "... *he* ...")  # wsc
+
+
 def model_card(run_dir, args, n_tokens, width, base_model, folder_name):
     """README.md of the adapter: what it is, its scores, how it was trained, how to use it."""
     import data_utils
-    import run_folder as rf
+    import run_files as rf
 
     results = rf.read_json(os.path.join(run_dir, rf.RESULTS))
     task = data_utils.get_task(args["task"])
@@ -262,31 +236,14 @@ def model_card(run_dir, args, n_tokens, width, base_model, folder_name):
     keep = int(args["seq_len"]) - n_tokens
     hub = not os.path.isabs(base_model)
     n = results.get("n_examples") or {}
-    best_epoch = results.get("best_epoch")
-    best = next((e for e in results.get("validation", []) if e.get("epoch") == best_epoch), {})
-    rows = [f"| validation, best epoch {best_epoch} ({n.get('validation', '?')} rows) | "
-            f"{_pct(results.get('best_val_score'))} | {_metrics(best.get('official'))} |"]
     test = results.get("test")
-    if test:
-        rows.append(f"| test subset, best state ({n.get('test', '?')} rows) | {_pct(test.get('score'))} | "
-                    f"{_metrics(test.get('official'))} |")
+    rows = _score_rows(results, test)
     split_note = ("the validation split was cut in two (`--get_test_subset 1`): one half chose the best epoch, the "
                   "other (test subset) scores it" if test else "the best epoch was chosen on these same validation "
                   "rows (`--get_test_subset 0`), so the score is optimistic")
     dataset = "/".join(task.hub)
-    reparam = args.get("prefix_MLP")
-    reparam_text = ("none (plain prompt tuning)" if reparam == "None" else
-                    f"`{reparam}`" + (f", bottleneck {args.get('bottleneck_size')}" if reparam in ("MLP1", "MLP2")
-                                      else "") + (", with" if int(args.get("residual", 1)) else ", without")
-                    + " the skip connection")
-    if task.formatter in ("fields", "stsb"):
-        text = "".join(f"{k}: ... " for k in task.keys).strip()
-    elif task.formatter == "sentence":
-        text = "..."
-    elif task.formatter == "record":
-        text = "passage : ... query: ... entities: A; B; C"
-    else:  # wsc: the text with the pronoun starred
-        text = "... *he* ..."
+    reparam_text = _reparam_text(args)
+    text = _input_text(task)
     k = int(args.get("select_k_per_class", -1))
     few_shot = "" if k == -1 else f" (few-shot: {k} per class)"
     answers = (", ".join(f"`{w}`" for w in task.label_words) if task.label_words else

@@ -1,15 +1,7 @@
-"""The run folder, save_dir/save_name: its one owner. Layout, the decision fresh/resume/complete, the lock, atomic
-writes, results.json, the final files, the resumable training state, the one list of non-run-defining arguments,
-rebuilding a trained prompt from a run (load_run), and reading finished runs for tables (find_runs, load_runs).
-
-    args.json        resolved arguments (written at the start)
-    results.json     scores, history, facts; "complete": true once the final evaluation is written
-    score_dict.npy   the original's score dictionary
-    prompt.npy       the best projected prompt [P, H]: all inference needs
-    checkpoint.pt    best trainable state (prompt, reparam, head) + projected prompt + args
-    model/           the model, when its weights trained (save_pretrained)
-    train_state.pt   while training: everything to continue exactly (removed once complete)
-    .lock            exists (locked with fcntl.flock) while a run writes the folder: pid and host
+"""The run folder, save_dir/save_name: its one writer. The decision fresh/resume/complete, the lock, atomic writes,
+results.json, the final files, the resumable training state, and rebuilding a trained prompt from a run
+(load_run). The file names, the "complete" decision, results.json's schema and the table readers are run_files.py's
+(torch-free), re-exported here.
 
 Every file is written through a temporary file in the same folder, fsynced, then renamed over the old one, so a
 crash or a kill at any instant leaves either the previous file or the new one. Everything is loadable with
@@ -26,35 +18,21 @@ import os
 import random
 import shutil
 import socket
-import sys
 import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from data_utils import TASKS
-from errors import ConfigError
+from residual_prompts.base import PARTS
+from residual_prompts.errors import ConfigError
+from run_files import *  # noqa: F401,F403  (the file names, the complete decision and the readers, re-exported)
+from run_files import (ADAPTER_DIR, ALL_RESULTS, ARGS, CHECKPOINT, LOCK, METRICS_LOG, MODEL_DIR, OUTPUTS, PROMPT,
+                       RESULTS, SCORES, TRAIN_STATE, all_results, differing_args, is_complete, read_json)
 from train_utils import History, TrainState
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-ARGS, RESULTS, SCORES, PROMPT, CHECKPOINT = "args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"
-TRAIN_STATE, MODEL_DIR, LOCK, ADAPTER_DIR = "train_state.pt", "model", ".lock", "adapter"
-METRICS_LOG, ALL_RESULTS = "metrics.jsonl", "all_results.json"  # transformers-style outputs beside results.json
-OUTPUTS = (RESULTS, CHECKPOINT, PROMPT, SCORES, TRAIN_STATE)  # files that make a folder a run's
-# Arguments that do not define a run: they may change when a run is resumed (another machine, paths, logging,
-# speed options that do not change numbers). The one list: resume checks and sweep tables both use it.
-NOT_DEFINING = {"save_dir", "save_name", "device", "progress", "overwrite", "resume", "save_every_steps", "data_dir",
-                "eval_batch_size", "fsdp", "compile", "log_every_steps", "report_to", "save_adapter", "push_to_hub"}
-# Arguments that make runs replicates of one another (averaged over in tables).
-REPLICATE_KEYS = {"seed", "data_seed"}
-# --metric of the table scripts: results.json's best_val_score, test.score, and two ratios of its prompt norms
-# (norm_ratio: mean row norm of the projected prompt phi(P) over the vocabulary's; branch_ratio: of phi(P) - P over P,
-# with a residual network the branch next to the skip), and the run's wall time in seconds
-METRICS = ("best_val", "test", "norm_ratio", "branch_ratio", "wall_time_s")
-SCORE_METRICS = ("best_val", "test")  # scores (tables show them x 100); the others are plain ratios
 
 
 def atomic_write(path, write):
@@ -197,13 +175,6 @@ def restore_train_state(obj: dict, wrapper, optimizer, scaler=None) -> tuple[Tra
     return state, float(obj["elapsed_s"])
 
 
-def differing_args(saved: dict, current: dict) -> list[str]:
-    """The run-defining arguments whose values differ: '--lr 0.3 (saved) != 0.1 (now)'."""
-    keys = sorted((set(saved) | set(current)) - NOT_DEFINING)
-    return [f"--{k} {saved.get(k)!r} (saved) != {current.get(k)!r} (now)" for k in keys
-            if saved.get(k) != current.get(k)]
-
-
 # ---- one run folder ----------------------------------------------------------------------------------------
 class RunFolder:
     """save_dir/save_name: the decision fresh/resume/complete, the lock that keeps a second run out, and every
@@ -307,9 +278,9 @@ class RunFolder:
             mode, saved = "resume", state["args"]
         else:
             state, saved = None, read_json(self.file(ARGS), required=True)
-            # complete only when results.json says so for these very arguments (it records them)
-            done = results.get("complete") is True and not differing_args(results.get("args") or {}, saved)
-            mode = "complete" if done else "fresh"  # unfinished without a checkpoint: nothing to continue, start over
+            # complete only when results.json says so for these very arguments (it records them); unfinished without
+            # a checkpoint: nothing to continue, start over
+            mode = "complete" if is_complete(results, saved) else "fresh"
         diff = differing_args(saved, vars(args))
         if diff:
             raise ConfigError(f"run folder {self.path} holds a run with other arguments ({'; '.join(diff)}): rerun "
@@ -352,21 +323,8 @@ class RunFolder:
         atomic_write(self.file(f"predictions_{split}.jsonl"), lambda f: f.write(text.encode()))
 
     def write_all_results(self, results: dict):
-        """all_results.json, flat as transformers' run_glue writes it: ``epoch`` = epochs trained (a float, as the
-        Trainer writes it), ``train_loss`` = the mean training loss over the whole run (the mean of the epochs' mean
-        losses: every epoch has the same number of steps), ``train_runtime`` = the run's wall time, ``eval_*`` = the
-        validation of the best state (at ``best_epoch``, 0-based as in results.json), ``test_*`` = its test half."""
-        losses = [x for x in results.get("train", {}).get("loss") or [] if x is not None]
-        flat = {"epoch": float(len(losses)), "best_epoch": results.get("best_epoch"),
-                "train_runtime": results.get("wall_time_s"),
-                "train_samples": (results.get("n_examples") or {}).get("train"),
-                "train_loss": sum(losses) / len(losses) if losses else None}
-        best = next((e for e in results.get("validation", []) if e["epoch"] == results.get("best_epoch")), None)
-        for prefix, scores in (("eval", best), ("test", results.get("test"))):
-            if scores:
-                flat[f"{prefix}_score"], flat[f"{prefix}_loss"] = scores["score"], scores["loss"]
-                flat.update({f"{prefix}_{k}": v for k, v in (scores.get("official") or {}).items()})
-        save_json(self.file(ALL_RESULTS), flat)
+        """all_results.json (run_files.all_results: flat, as transformers' run_glue writes it)."""
+        save_json(self.file(ALL_RESULTS), all_results(results))
 
     def write_state(self, *a, **kw):
         save_train_state(self.file(TRAIN_STATE), *a, **kw)
@@ -392,49 +350,13 @@ class RunFolder:
             os.unlink(self.file(TRAIN_STATE))
 
 
-def run_status(path) -> str:
-    """complete | failed (diverged: results.json holds an error) | partial | missing."""
-    results = read_json(os.path.join(path, RESULTS))
-    if results.get("complete") is True:
-        return "complete"
-    if results.get("error"):
-        return "failed"
-    return "partial" if os.path.isdir(path) and set(os.listdir(path)) - {LOCK} else "missing"
-
-
-def results_record(info: dict, history: History, final: dict | None, wall_time_s: float,
-                   test_history=False) -> dict:
-    """results.json: the run's facts (info), every validation, training losses, the best epoch, final scores;
-    ``test_history``: the test subset's scores at every validation (--test_eval_after_every_task 1)."""
-    best = None if history.best_epoch is None or not math.isfinite(history.best_score) else history.best_score
-    return {**info, "complete": False, "validation": history.evals,
-            "train": {"loss": history.train_loss, "acc": history.train_acc, "step_losses": history.step_losses},
-            "best_epoch": history.best_epoch, "best_val_score": best, "wall_time_s": round(wall_time_s, 3),
-            **({"test_history": history.test_evals} if test_history else {}), **(final or {})}
-
-
-def read_json(path, required=False):
-    """A JSON object from ``path`` ({} when absent or unreadable); ``required``: ConfigError unless it is a dict."""
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except (OSError, ValueError, UnicodeDecodeError):
-        obj = None
-    if isinstance(obj, dict):
-        return obj
-    if required:
-        raise ConfigError(f"{path} is not a JSON object of this program's: pass --overwrite 1 to start over, or "
-                          f"choose another --save_name")
-    return {}
-
-
 def load_run(path, model_name=None, device="cpu"):
     """Rebuild a finished run's trained wrapper (best state) from its folder: (wrapper, args dict, results dict).
     ``model_name`` overrides the recorded --model_name (e.g. the model moved)."""
     from argparse import Namespace
 
     import data_utils
-    import models
+    from residual_prompts import models
 
     fix = "pass the save_dir/save_name folder of a finished train.py run"
     if not os.path.isdir(path):
@@ -445,7 +367,7 @@ def load_run(path, model_name=None, device="cpu"):
     args = read_json(os.path.join(path, ARGS), required=True)
     built = Namespace(**{**args, "prompt_init": "uniform", "prefix_path": ""})  # the prompt is then loaded
     results = read_json(os.path.join(path, RESULTS), required=True)
-    if results.get("complete") is not True:
+    if not is_complete(results):
         raise ConfigError(f"{path} is not a finished run (results.json says complete: {results.get('complete')})")
     if not os.path.isfile(os.path.join(path, CHECKPOINT)):
         raise ConfigError(f"{path} is not a finished run folder (it has no {CHECKPOINT}): {fix}")
@@ -454,147 +376,8 @@ def load_run(path, model_name=None, device="cpu"):
                           else args["model_name"])
     model, tokenizer = models.load_model(name)
     wrapper, _ = models.build_model(model, tokenizer, built, data_utils.get_task(args["task"]))
-    state = {k: v for k, v in ckpt.items() if k in ("prompt", "reparam", "head")}
+    state = {k: v for k, v in ckpt.items() if k in PARTS and k != "model"}
     wrapper.load_trainable_state({**state, "model": None})
     return wrapper.to(device).eval(), args, results
 
 
-# ---- finished runs, for tables and plots ---------------------------------------------------------------------
-@dataclass
-class Run:
-    path: str
-    args: dict
-    results: dict
-
-    @property
-    def task(self) -> str:
-        return self.results.get("task") or self.args["task"]
-
-    @property
-    def method(self) -> str:
-        return method_label(self.args)
-
-
-def method_label(args: dict) -> str:
-    """The method a run trains, named as in the paper's tables.
-
-    prefix_len 0 -> "Fine-tuning", or "Head only" when the model is frozen (an encoder's head-only control);
-    prefix_MLP None -> "PT" (Lester et al.); a network with the skip connection ->
-    "Residual PT (MLP1)"; without it -> "PT + MLP1 (no residual)" (same rule for MLP2, LSTM*, transformer).
-    A prompt trained together with model weights adds " + fine-tuning" (--freeze_weights 0) or
-    " + 'shared' trained" (--freeze_except shared).
-    """
-    if int(args.get("prefix_len", 10)) == 0:
-        return "Head only" if int(args.get("freeze_weights", 0)) else "Fine-tuning"
-    net = str(args.get("prefix_MLP", "None"))
-    if net == "None":
-        label = "PT"
-    elif int(args.get("residual", 1)):
-        label = f"Residual PT ({net})"
-    else:
-        label = f"PT + {net} (no residual)"
-    if not int(args.get("freeze_weights", 0)):
-        label += " + fine-tuning"
-    elif str(args.get("freeze_except", "xxxxxxx")).strip("x"):  # train.py's test for a pattern that matches
-        label += f" + '{args['freeze_except']}' trained"
-    return label
-
-
-def method_rank(label: str) -> tuple:
-    """Row order of tables and legends: head only, fine-tuning, PT, Residual PT, other reparameterizations."""
-    for i, prefix in enumerate(("No signal", "Head only", "Fine-tuning", "PT", "Residual PT", "PT + ")):
-        if label == prefix or (i >= 4 and label.startswith(prefix)) or (i == 0 and label.startswith(prefix)):
-            return i, label
-    return 6, label
-
-
-def task_rank(task: str) -> tuple:
-    """Column order: the task registry's (GLUE, then SuperGLUE as in the paper), unknown names last."""
-    order = list(TASKS)
-    return (order.index(task), task) if task in order else (len(order), task)
-
-
-def find_runs(paths) -> tuple[list[Run], list[str]]:
-    """Every run directory under ``paths`` (recursive; a path may be a run directory itself), each once.
-    Returns (complete runs sorted by path, paths of incomplete runs: results.json says complete false or is
-    unreadable). A missing path raises FileNotFoundError."""
-    found = set()
-    for root in paths:
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"{root} is not a directory")
-        for d, dirs, files in os.walk(root):
-            dirs.sort()
-            if "args.json" in files and "results.json" in files:
-                found.add(os.path.realpath(d))
-    runs, incomplete = [], []
-    for d in sorted(found):
-        try:
-            with open(os.path.join(d, "args.json")) as f:
-                args = json.load(f)
-            with open(os.path.join(d, "results.json")) as f:
-                results = json.load(f)
-        except (OSError, ValueError):
-            incomplete.append(d)
-            continue
-        (runs.append(Run(d, args, results)) if results.get("complete") is True else incomplete.append(d))
-    return runs, incomplete
-
-
-def score(run: Run, metric: str) -> float | None:
-    """The run's score for --metric (best_val: best_val_score; test: test.score; the norm ratios of METRICS), or
-    None where it has none."""
-    if metric == "best_val":
-        return run.results.get("best_val_score")
-    if metric == "wall_time_s":
-        return run.results.get("wall_time_s")
-    if metric in ("norm_ratio", "branch_ratio"):
-        norms = run.results.get("norms") or {}
-        num, den = ("projected", "embedding") if metric == "norm_ratio" else ("phi", "prompt")
-        return norms[num] / norms[den] if norms.get(num) is not None and norms.get(den) else None
-    return (run.results.get("test") or {}).get("score")
-
-
-def check_group_by(runs: list[Run], group_by: list[str]) -> None:
-    """Every --group_by name must be an argument the runs recorded (other than task: tasks are the columns)."""
-    if "task" in group_by or len(set(group_by)) < len(group_by):
-        raise ValueError(f"--group_by {','.join(group_by)}: name each argument once, and not task (every task is "
-                         f"a column already)")
-    known = set().union(*(r.args for r in runs)) if runs else set()
-    unknown = [g for g in group_by if g not in known]
-    if unknown:
-        raise ValueError(f"--group_by {','.join(unknown)}: not an argument in the runs' args.json; "
-                         f"valid: {', '.join(sorted(known))}")
-
-
-def mixed_arguments(runs: list[Run]) -> dict[str, list]:
-    """Arguments (other than seeds and bookkeeping) whose values differ among ``runs`` -> sorted distinct values."""
-    keys = set().union(*(r.args for r in runs)) - REPLICATE_KEYS - NOT_DEFINING
-    out = {}
-    for k in sorted(keys):
-        values = {json.dumps(r.args.get(k), sort_keys=True) for r in runs}
-        if len(values) > 1:
-            out[k] = sorted(json.loads(v) for v in values) if _sortable(values) else [json.loads(v) for v in values]
-    return out
-
-
-def _sortable(values):
-    try:
-        sorted(json.loads(v) for v in values)
-        return True
-    except TypeError:
-        return False
-
-
-def load_runs(paths, group_by_text: str, prog: str):
-    """What make_table.py and plot_curves.py start with: (complete runs, the --group_by keys). Incomplete runs are
-    named in a warning on stderr; no complete run, or an unknown --group_by key, raises ValueError."""
-    group_by = [g for g in group_by_text.split(",") if g]
-    runs, incomplete = find_runs(paths)
-    if not runs:
-        raise ValueError(f"no complete run (a folder with args.json and results.json whose complete is true) "
-                         f"under {', '.join(paths)}")
-    check_group_by(runs, group_by)
-    if incomplete:
-        print(f"{prog}: warning: skipped {len(incomplete)} incomplete run(s): {', '.join(incomplete)}",
-              file=sys.stderr)
-    return runs, group_by

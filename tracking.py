@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numbers
 
-from errors import ConfigError
+from residual_prompts.errors import ConfigError
 
 
 class NoTracker:

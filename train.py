@@ -31,7 +31,7 @@ import signal
 # the rerun starts the run; main() then installs StopSignal for the run itself.
 if __name__ == "__main__":
     for _sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(_sig, lambda signum, frame: os._exit(75))
+        signal.signal(_sig, lambda signum, frame: os._exit(75))  # EXIT_INTERRUPTED, before any import
 
 import errno  # noqa: E402
 import math  # noqa: E402
@@ -44,18 +44,15 @@ import torch  # noqa: E402
 
 import data_utils  # noqa: E402
 import distributed  # noqa: E402
-import models  # noqa: E402
+from residual_prompts import models  # noqa: E402
 import run_folder as rf  # noqa: E402
 import tracking  # noqa: E402
 import train_utils as tu  # noqa: E402
-from arguments import EXIT_BAD_INPUT, build_parser, check_args  # noqa: E402
-from errors import ConfigError, DataError  # noqa: E402
+from arguments import build_parser, check_args  # noqa: E402
+from residual_prompts.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED,  # noqa: E402
+                                     ConfigError, DataError)
 from train_utils import Interrupted  # noqa: E402
 
-EXIT_DIVERGED = 3
-EXIT_ADAPTER_FAILED = 1  # the run is complete on disk; writing or uploading its adapter failed (--save_adapter 1,
-# --push_to_hub): run the same command again to retry
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: what is needed to continue is on disk; run again (the sbatch scripts requeue)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
@@ -97,7 +94,7 @@ class StopSignal:
             os._exit(EXIT_INTERRUPTED)
         self.name, self.at = name, time.monotonic()
         if not self._deferred:  # start-up or final evaluation: stop here (the trainer checkpoints in its loop)
-            raise Interrupted("stopped outside the training loop")
+            raise Interrupted("stopped outside the training loop", checkpointed=False)
         print(f"train.py: {name} received: writing a checkpoint at the next step boundary, then exiting "
               f"(send it again to exit at once)", file=sys.stderr, flush=True)
 
@@ -159,7 +156,7 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     # ---- model and optimizer (and the state to continue from) ----
     model, tokenizer = models.load_model(args.model_name)
     wrapper, prompt_ids = models.build_model(model, tokenizer, args, task)
-    if (args.save_adapter == "1" or args.push_to_hub is not None) and not isinstance(wrapper, models.PromptT5):
+    if (args.save_adapter == "1" or args.push_to_hub is not None) and wrapper.FAMILY != "t5":
         raise ConfigError(f"--save_adapter 1 / --push_to_hub: PEFT prompt tuning adapters hold T5 prompts only; "
                           f"{args.model_name} is a BERT-style encoder (its prompt and head are in checkpoint.pt)")
     train, val, test = (None if splits.get(s) is None else wrapper.encode_split(
@@ -187,10 +184,10 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     def elapsed():
         return spent + time.time() - t0
 
-    def write_results(history, final=None):
+    def write_results(history, final=None, complete=False):
         if dist.is_main:
             return folder.write_results(rf.results_record(info, history, final, elapsed(), test_history=bool(
-                args.test_eval_after_every_task and test is not None)), history)
+                args.test_eval_after_every_task and test is not None), complete=complete), history)
 
     def write_state(s):
         if dist.is_main:
@@ -226,10 +223,10 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
             folder.write_predictions(split, [data_utils.prediction_record(task, row, pred)
                                              for row, pred in zip(splits[split], preds)])
         folder.save_final(best, arg_dict, history, wrapper)
-        folder.write_all_results(write_results(history, final={**final, "complete": True}))
+        folder.write_all_results(write_results(history, final=final, complete=True))
         folder.finish()
     print(f"done: {task.name}{_summary(history, final)} -> {folder.path}")
-    if dist.is_main and isinstance(wrapper, models.PromptT5) and args.prefix_len > 0:
+    if dist.is_main and wrapper.FAMILY == "t5" and args.prefix_len > 0:
         return _adapter(args, folder)
     return 0
 
@@ -259,7 +256,7 @@ def _adapter(args, folder):
     except (peft_adapter.AdapterError, OSError) as e:
         level = "error" if required else "warning"
         print(f"train.py: {level}: {e}", file=sys.stderr)
-        return EXIT_ADAPTER_FAILED if required else 0
+        return EXIT_FAILED if required else 0
     return 0
 
 
@@ -284,8 +281,7 @@ def _summary(history, final):
 
 def _place(args, wrapper, device, dist):
     """Device, sharding, TF32 and compilation: decided once, here."""
-    t5 = hasattr(wrapper.model, "encoder") and hasattr(wrapper.model, "decoder")
-    if (args.fsdp or args.compile) and not t5:
+    if (args.fsdp or args.compile) and wrapper.FAMILY != "t5":
         raise ConfigError(f"--fsdp and --compile are implemented for T5 models only: drop them for {args.model_name}")
     wrapper.to(device)
     if args.fsdp:
@@ -297,20 +293,13 @@ def _place(args, wrapper, device, dist):
 
 
 def _run_info(args, task, device, dist, wrapper, prompt_ids, data, fingerprint):
-    """The facts at the top of results.json."""
-    def count(module):
-        return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)
-
+    """The facts at the top of results.json (run_files.run_info)."""
     train, val, test = data
-    return {"task": task.name, "device": str(device), "world_size": dist.world, "versions": versions(),
-            "args": {k: v for k, v in vars(args).items() if k not in rf.NOT_DEFINING},  # what defines the run
-            "data_fingerprint": fingerprint,
-            "n_examples": {"train": len(train), "validation": len(val), "test": len(test) if test else 0},
-            "trainable_params": {"prompt": 0 if wrapper.prompt is None else wrapper.prompt.numel(),
-                                 "reparam": count(wrapper.reparam), "model": count(wrapper.model),
-                                 "head": count(getattr(wrapper, "head", None))},
-            "prompt_init": {"method": args.prompt_init if wrapper.prompt is not None else None,
-                            "token_ids": None if prompt_ids is None else [int(i) for i in prompt_ids]}}
+    return rf.run_info(task.name, wrapper.FAMILY, device, dist.world, versions(), vars(args), fingerprint,
+                       {"train": len(train), "validation": len(val), "test": len(test) if test else 0},
+                       wrapper.trainable_counts(),
+                       {"method": args.prompt_init if wrapper.prompt is not None else None,
+                        "token_ids": None if prompt_ids is None else [int(i) for i in prompt_ids]})
 
 
 def _final_eval(args, wrapper, task, val, test, dist, kept=None):
@@ -323,15 +312,11 @@ def _final_eval(args, wrapper, task, val, test, dist, kept=None):
     final, predictions = {}, {"val": res_val["predictions"]}
     if test is not None:
         res_test = kept.get("test") or tu.evaluate(wrapper, test, task, **kwargs)
-        final["test"], predictions["test"] = _scores(res_test), res_test["predictions"]
+        final["test"], predictions["test"] = rf.scores(res_test), res_test["predictions"]
         final["test"]["constant_score"] = data_utils.constant_score(task, res_test["targets"], test.groups)
     elif args.test_eval_after_every_task:
-        final["final_eval"] = {"split": "validation", **_scores(res_val)}
+        final["final_eval"] = {"split": "validation", **rf.scores(res_val)}
     return final, predictions
-
-
-def _scores(res):
-    return {k: res[k] for k in ("score", "metric", "official", "loss")}
 
 
 def _continue_hint(args):
@@ -349,7 +334,7 @@ def main(argv=None):
                 return run(args, stop)
             except Interrupted as e:
                 where = os.path.join(args.save_dir, args.save_name)
-                saved = f"the checkpoint is in {where}" if str(e).startswith("stopped a") else "nothing is lost"
+                saved = f"the checkpoint is in {where}" if e.checkpointed else "nothing is lost"
                 print(f"train.py: {e} after {stop.name}; {saved}: {_continue_hint(args)}", file=sys.stderr, flush=True)
                 return EXIT_INTERRUPTED
     except (ConfigError, DataError) as e:

@@ -1,9 +1,9 @@
 """The trainer: device, optimizer, batching, the training step, evaluation and the epoch loop (fit).
 
-It works on any model wrapper (models.PromptT5, models.PromptedEncoderClassifier) through what every wrapper offers
+It works on any model wrapper (residual_prompts.base.PromptedModel's subclasses) through what every wrapper offers
 (loss/token_losses/n_targets, decode, projected_prompt, snapshot) and on splits that carry their own pad id; it
 imports no wrapper. One code path for 1 and N processes: distributed.SINGLE's collectives do nothing.
-Shapes: see prompts.py.
+Shapes: see residual_prompts/prompts.py.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 import data_utils
 from distributed import SINGLE
-from errors import ConfigError
+from residual_prompts.errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -96,19 +96,13 @@ OPTIMIZERS = {"legacy_adamw": LegacyAdamW, "torch_adamw": torch.optim.AdamW}
 
 
 def build_optimizer(name, wrapper, lr, mlp_lr=None, weight_decay=1e-5, eps=1e-8, head_lr=None):
-    """Every trainable parameter at ``lr`` except the reparameterization (``mlp_lr``, default lr) and an encoder's
-    head (``head_lr``, default lr). Weight decay applies to every group, as in the original (it did not exempt
-    biases or LayerNorms)."""
+    """The wrapper's parameter groups (every trainable parameter at ``lr``, the reparameterization at ``mlp_lr``
+    and an encoder's head at ``head_lr``, both defaulting to lr). Weight decay applies to every group, as in the
+    original (it did not exempt biases or LayerNorms)."""
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown --optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    rates = {"soft_prompt.reparam.": lr if mlp_lr is None else mlp_lr, "head.": lr if head_lr is None else head_lr}
-    groups = {}  # lr -> params, in the order parameters are met (one group per distinct part)
-    for pname, p in wrapper.named_parameters():
-        if p.requires_grad:
-            part = next((k for k in rates if pname.startswith(k)), "")
-            groups.setdefault(part, []).append(p)
-    return OPTIMIZERS[name]([{"params": ps, "lr": rates.get(part, lr)} for part, ps in groups.items()],
-                            lr=lr, eps=eps, weight_decay=weight_decay)
+    return OPTIMIZERS[name](wrapper.param_groups(lr, reparam_lr=mlp_lr, head_lr=head_lr), lr=lr, eps=eps,
+                            weight_decay=weight_decay)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -170,7 +164,7 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
     Runs with the wrapper in eval mode (as the original's validate()) and restores the previous modes. Each batch
     runs the model's encoder once, for both the predictions and the loss (the wrapper's evaluate_batch). Batches
     hold rows of similar lengths, sized by tokens: as many as fit in the ``batch_size`` longest rows' tokens, the
-    encoder running on chunks of them with little padding (see _token_batches); with ``pad_to`` every row has the
+    encoder running on chunks of them with little padding (see token_batches); with ``pad_to`` every row has the
     same length and a batch is ``batch_size`` rows. The loss is the original's: the mean over consecutive batches
     of ``loss_batch_size`` rows in the split's order (its validation batch was the training batch) of each batch's
     mean token loss; it does not depend on the batches evaluation runs with. With several processes, batch j runs
@@ -186,7 +180,7 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
         n = len(split)
         decoded, targets = [None] * n, [None] * n
         sums, counts = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-        batches = list(_token_batches(split, batch_size, task.target_len, pad_to,
+        batches = list(token_batches(split, batch_size, task.target_len, pad_to,
                                       EVAL_BATCH_COST.get(device.type)))
         mine = batches[dist.rank::dist.world]
         local = []  # (rows, decoded, targets, sums, counts) of this rank's batches
@@ -204,7 +198,7 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
                 sums[rows], counts[rows] = s, c
         result = data_utils.evaluate(task, decoded, targets, groups=split.groups,
                                      official_groups=split.official_groups)
-        result["loss"] = _mean_of_batch_means(sums, counts, loss_batch_size or batch_size)
+        result["loss"] = mean_of_batch_means(sums, counts, loss_batch_size or batch_size)
         result["predictions"], result["targets"] = decoded, targets
         return result
     finally:
@@ -219,7 +213,7 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
 EVAL_BATCH_COST = {"cpu": 256}  # other devices: None
 
 
-def _token_batches(split, batch_size, target_len, pad_to=None, batch_cost=EVAL_BATCH_COST["cpu"],
+def token_batches(split, batch_size, target_len, pad_to=None, batch_cost=EVAL_BATCH_COST["cpu"],
                    max_rows_factor=4):
     """Evaluation batches (make_batches dicts) of the split's rows sorted longest first, sized by tokens, in two
     levels. A batch (what generate and the loss's decoder run on) takes as many rows as memory allows: rows x its
@@ -279,7 +273,7 @@ def _least_cost_cuts(ls, fits, batch_cost):
     return cuts[::-1]
 
 
-def _mean_of_batch_means(sums, counts, batch_size):
+def mean_of_batch_means(sums, counts, batch_size):
     """np.mean over batches of (token-loss sum / token count), in float64, as the original averaged its batches."""
     sums, counts = sums.numpy(), counts.numpy()
     if not len(sums):
@@ -296,7 +290,12 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """A stop was requested (SIGTERM/SIGUSR1/SIGINT): the state was checkpointed at a step boundary."""
+    """A stop was requested (SIGTERM/SIGUSR1/SIGINT). ``checkpointed``: the training state was written at a step
+    boundary (the trainer's stops); False where the stop came before anything resumable was written."""
+
+    def __init__(self, message, checkpointed=True):
+        super().__init__(message)
+        self.checkpointed = checkpointed
 
 
 @dataclass

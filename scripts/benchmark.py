@@ -55,10 +55,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import data_utils  # noqa: E402
-import models  # noqa: E402
+from residual_prompts import models  # noqa: E402
 import train_utils as tu  # noqa: E402
-from prompts import SoftPrompt, init_prompt  # noqa: E402
-from res_mlp import build_reparam  # noqa: E402
+from residual_prompts import ResidualPromptConfig, get_residual_prompt_model  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 ALL_CONFIGS = ("original", "ours", "ours_bf16", "ours_grouped", "ours_nodrop", "peft")
@@ -222,15 +221,14 @@ def evaluate_two_pass(wrapper, split, task, batch_size, loss_batch_size, pad_to=
         sums[rows], counts[rows] = s.double().cpu(), c.double().cpu()
     for m, was_training in modes:
         m.train(was_training)
-    return decoded, tu._mean_of_batch_means(sums, counts, loss_batch_size)
+    return decoded, tu.mean_of_batch_means(sums, counts, loss_batch_size)
 
 
 def make_wrapper(model, tokenizer, device, precision="fp32", seed=0):
+    """Residual PT (MLP1, 10 tokens, the original's vocab init) through the library's front door."""
     torch.manual_seed(seed)
-    hidden = model.get_input_embeddings().weight.shape[1]
-    prompt, _ = init_prompt("vocab", model.get_input_embeddings().weight, 10, seed)
-    return models.PromptT5(model, tokenizer, SoftPrompt(prompt, build_reparam("MLP1", hidden, 10)), 512,
-                           precision).to(device)
+    config = ResidualPromptConfig(num_virtual_tokens=10, reparameterization="MLP1", init="vocab", seed=seed)
+    return get_residual_prompt_model(model, config, tokenizer, seq_len=512, precision=precision).to(device)
 
 
 def run_ours(name, model, tokenizer, task, train, val, steps, device, seed=0):
@@ -358,7 +356,7 @@ def eval_compare(model, tokenizer, task_name, data_dir, device, repeats, eval_ro
     before_pred, before_loss = results["before"]
     after = results["after"]
     med = {k: statistics.median(v) for k, v in times.items()}
-    after_batches = list(tu._token_batches(val, EVAL_BATCH, task.target_len, None, tu.EVAL_BATCH_COST.get(device.type)))
+    after_batches = list(tu.token_batches(val, EVAL_BATCH, task.target_len, None, tu.EVAL_BATCH_COST.get(device.type)))
     n_batches = {"before": -(-len(val) // EVAL_BATCH), "after": len(after_batches)}
     encoder_passes = {"before": 2 * n_batches["before"],
                       "after": sum(len(b["encoder_chunks"] or [1]) for b in after_batches)}
@@ -494,7 +492,7 @@ def print_tables(task_name, rows, peak, peak_dtype, mean_len, n_train, rates=())
                   f"{f / s / 1e9:.1f} | {100 * f / s / peak:.1f} |")
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="t5-small shape, 4 steps, 32 evaluation rows, RTE only")
     p.add_argument("--shape", default=None, choices=["tiny", "t5-small", "t5-base"],
@@ -520,24 +518,14 @@ def main(argv=None):
                         "jobs, 1 avoids threads waiting for each other at every operator")
     p.add_argument("--data_dir", default=SHARED)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = p.parse_args(argv)
-    if args.run_flops:
-        out = run_flops(args.run_flops, args.device)
-        print(json.dumps(out, indent=2))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=2)
-        return
-    shape = args.shape or ("t5-small" if args.quick else "t5-base")
-    tasks = (args.tasks or ("rte_superglue" if args.quick else "rte_superglue,cb")).split(",")
-    steps = args.steps or (4 if args.quick else 8)
-    eval_rows = args.eval_rows or (32 if args.quick else 64)
-    device = tu.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return p
+
+
+def resolve_configs(args, device):
+    """--configs (or its default for the device and --quick) -> the configurations to time; an unknown name exits."""
     if args.configs == "none":
-        configs = []
-    elif args.configs:
+        return []
+    if args.configs:
         configs = args.configs.split(",")
     elif args.quick:
         configs = ["original", "ours", "peft"]
@@ -546,6 +534,85 @@ def main(argv=None):
     unknown = set(configs) - set(ALL_CONFIGS)
     if unknown:
         sys.exit(f"benchmark.py: error: unknown configuration(s) {sorted(unknown)}; valid: {', '.join(ALL_CONFIGS)}")
+    return configs
+
+
+def bench_task(task_name, configs, model, tokenizer, steps, eval_rows, device, peak_dtype, rates, args):
+    """Every configuration on one task (the matmul rate sampled before each): -> the report's entry."""
+    task, train, val = load_data(task_name, tokenizer, BATCH * (steps + 1), eval_rows, args.data_dir)
+    mean_len = np.mean([len(s) for s in train.source_ids])
+    rows, wrappers = {}, {}
+    for name in configs:
+        rates.append(matmul_rate(device, peak_dtype))  # the rate drifts on a VM: sampled before every configuration
+        started = time.perf_counter()
+        if name == "peft":
+            try:
+                import peft  # noqa: F401
+            except ImportError:
+                print("# peft is not installed (pip install peft): skipping its row")
+                continue
+            rows[name] = run_peft(model, tokenizer, task, train, val, steps, device)
+        else:
+            rows[name], wrappers[name] = run_ours(name, model, tokenizer, task, train, val, steps, device)
+        print(f"# {task_name} {name}: {time.perf_counter() - started:.0f} s", flush=True)
+    peak = max(rates)
+    print_tables(task_name, rows, peak, str(peak_dtype).replace("torch.", ""), mean_len, len(train), rates)
+    entry = {"task": task_name, "steps": steps, "mean_source_len": float(mean_len), "matmul_flops_per_s": peak,
+             "rows": {k: {**{m: v[m] for m in v if m != "losses"}, "train_ex_s": v["train_n"] / v["train_s"],
+                          "eval_ex_s": v["eval_n"] / v["eval_s"],
+                          "train_flops_per_s": v["train_flops"] / v["train_s"],
+                          "eval_flops_per_s": v["eval_flops"] / v["eval_s"],
+                          "train_util": v["train_flops"] / v["train_s"] / peak,
+                          "eval_util": v["eval_flops"] / v["eval_s"] / peak} for k, v in rows.items()}}
+    if wrappers.get("ours") is not None and not args.no_profile:
+        profiles = profile_ours(wrappers, train, val, task, device)
+        for what, ops in profiles.items():
+            print(f"\n{what}: top operators by self {'GPU' if device.type == 'cuda' else 'CPU'} time\n")
+            print("| operator | self ms | % |")
+            print("|---|---|---|")
+            for op, ms, pct in ops:
+                print(f"| {op} | {ms:.0f} | {pct:.1f} |")
+        entry["profile"] = {k: [{"op": o, "self_ms": m, "percent": q} for o, m, q in v] for k, v in profiles.items()}
+    return entry
+
+
+def print_eval_compare(cmp):
+    print(f"\n## evaluation before/after: {cmp['task']}, {cmp['rows']} validation rows, evaluation batch "
+          f"{EVAL_BATCH}, {cmp['repeats']} alternating repetitions\n")
+    print("| evaluation | batches | encoder passes | seconds (each repetition) | median s | ex/s | GFLOP |")
+    print("|---|---|---|---|---|---|---|")
+    for name, label in (("before", "before: 2 encoder passes per batch, 32-row batches"),
+                        ("after", "after: 1 encoder pass per row, token-sized batches")):
+        secs = ", ".join(f"{s:.1f}" for s in cmp["seconds"][name])
+        print(f"| {label} | {cmp['batches'][name]} | {cmp['encoder_passes'][name]} | {secs} | "
+              f"{cmp['median_s'][name]:.1f} | {cmp['rows'] / cmp['median_s'][name]:.2f} | "
+              f"{cmp['flops'][name] / 1e9:.0f} |")
+    print(f"\nspeed-up (median before / median after): **{cmp['ratio']:.2f}×** (per pair: "
+          f"{', '.join(f'{r:.2f}' for r in cmp['pair_ratios'])}); FLOPs before / after: {cmp['flop_ratio']:.2f}×; "
+          f"same predictions: {cmp['same_predictions']}; loss relative difference {cmp['loss_rel_diff']:.1e}")
+
+
+def write_json(path, obj):
+    if path:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.run_flops:
+        out = run_flops(args.run_flops, args.device)
+        print(json.dumps(out, indent=2))
+        write_json(args.json, out)
+        return
+    shape = args.shape or ("t5-small" if args.quick else "t5-base")
+    tasks = (args.tasks or ("rte_superglue" if args.quick else "rte_superglue,cb")).split(",")
+    steps = args.steps or (4 if args.quick else 8)
+    eval_rows = args.eval_rows or (32 if args.quick else 64)
+    device = tu.resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = resolve_configs(args, device)
     vocab = os.path.join(args.data_dir, "t5_vocab")
     if not os.path.isdir(vocab):
         sys.exit(f"benchmark.py: error: {vocab} not found: pass --data_dir holding glue/, super_glue/ and t5_vocab/")
@@ -576,67 +643,18 @@ def main(argv=None):
               "matmul_dtype": str(peak_dtype).replace("torch.", ""), "matmul_flops_per_s": peak, **extra,
               "load_average_start": os.getloadavg()[0], "tasks": []}
     for task_name in tasks if configs else []:
-        task, train, val = load_data(task_name, tokenizer, BATCH * (steps + 1), eval_rows, args.data_dir)
-        mean_len = np.mean([len(s) for s in train.source_ids])
-        rows, wrappers = {}, {}
-        for name in configs:
-            rates.append(matmul_rate(device, peak_dtype))  # the rate drifts on a VM: sampled before every configuration
-            started = time.perf_counter()
-            if name == "peft":
-                try:
-                    import peft  # noqa: F401
-                except ImportError:
-                    print("# peft is not installed (pip install peft): skipping its row")
-                    continue
-                rows[name] = run_peft(model, tokenizer, task, train, val, steps, device)
-            else:
-                rows[name], wrappers[name] = run_ours(name, model, tokenizer, task, train, val, steps, device)
-            print(f"# {task_name} {name}: {time.perf_counter() - started:.0f} s", flush=True)
-        peak = max(rates)
-        print_tables(task_name, rows, peak, str(peak_dtype).replace("torch.", ""), mean_len, len(train), rates)
-        entry = {"task": task_name, "steps": steps, "mean_source_len": float(mean_len), "matmul_flops_per_s": peak,
-                 "rows": {k: {**{m: v[m] for m in v if m != "losses"}, "train_ex_s": v["train_n"] / v["train_s"],
-                              "eval_ex_s": v["eval_n"] / v["eval_s"],
-                              "train_flops_per_s": v["train_flops"] / v["train_s"],
-                              "eval_flops_per_s": v["eval_flops"] / v["eval_s"],
-                              "train_util": v["train_flops"] / v["train_s"] / peak,
-                              "eval_util": v["eval_flops"] / v["eval_s"] / peak} for k, v in rows.items()}}
-        if wrappers.get("ours") is not None and not args.no_profile:
-            profiles = profile_ours(wrappers, train, val, task, device)
-            for what, ops in profiles.items():
-                print(f"\n{what}: top operators by self {'GPU' if device.type == 'cuda' else 'CPU'} time\n")
-                print("| operator | self ms | % |")
-                print("|---|---|---|")
-                for op, ms, pct in ops:
-                    print(f"| {op} | {ms:.0f} | {pct:.1f} |")
-            entry["profile"] = {k: [{"op": o, "self_ms": m, "percent": q} for o, m, q in v]
-                                for k, v in profiles.items()}
-        report["tasks"].append(entry)
+        report["tasks"].append(bench_task(task_name, configs, model, tokenizer, steps, eval_rows, device, peak_dtype,
+                                          rates, args))
     if args.eval_compare:
-        cmp = eval_compare(model, tokenizer, args.compare_task, args.data_dir, device, args.repeats,
-                           args.compare_rows)
-        print(f"\n## evaluation before/after: {cmp['task']}, {cmp['rows']} validation rows, evaluation batch "
-              f"{EVAL_BATCH}, {cmp['repeats']} alternating repetitions\n")
-        print("| evaluation | batches | encoder passes | seconds (each repetition) | median s | ex/s | GFLOP |")
-        print("|---|---|---|---|---|---|---|")
-        for name, label in (("before", "before: 2 encoder passes per batch, 32-row batches"),
-                            ("after", "after: 1 encoder pass per row, token-sized batches")):
-            secs = ", ".join(f"{s:.1f}" for s in cmp["seconds"][name])
-            print(f"| {label} | {cmp['batches'][name]} | {cmp['encoder_passes'][name]} | {secs} | "
-                  f"{cmp['median_s'][name]:.1f} | {cmp['rows'] / cmp['median_s'][name]:.2f} | "
-                  f"{cmp['flops'][name] / 1e9:.0f} |")
-        print(f"\nspeed-up (median before / median after): **{cmp['ratio']:.2f}×** (per pair: "
-              f"{', '.join(f'{r:.2f}' for r in cmp['pair_ratios'])}); FLOPs before / after: {cmp['flop_ratio']:.2f}×; "
-              f"same predictions: {cmp['same_predictions']}; loss relative difference {cmp['loss_rel_diff']:.1e}")
-        report["eval_compare"] = cmp
+        report["eval_compare"] = eval_compare(model, tokenizer, args.compare_task, args.data_dir, device,
+                                              args.repeats, args.compare_rows)
+        print_eval_compare(report["eval_compare"])
     report["load_average_end"] = os.getloadavg()[0]
     report["matmul_flops_per_s"] = max(rates)
     report["matmul_flops_per_s_samples"] = rates
     print(f"\n# load average (1 min) at start {report['load_average_start']:.1f}, at end "
           f"{report['load_average_end']:.1f} on {os.cpu_count()} CPUs")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import sys
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import run_folder  # noqa: E402
+import run_files  # noqa: E402  (no torch: reading runs needs none)
+from residual_prompts.errors import EXIT_BAD_INPUT  # noqa: E402
 
-EXIT_BAD_INPUT = 2
 
 
 def build_parser():
@@ -53,7 +53,7 @@ def summarize(df, epochs, group_by):
     columns = [f"epoch {e}" for e in epochs] + ["best epoch"]
     wide = wide[[*keys, *columns]]
     wide["tasks"] = len(common)
-    wide = wide.sort_values(keys, key=lambda s: s.map(run_folder.method_rank) if s.name == "method" else s)
+    wide = wide.sort_values(keys, key=lambda s: s.map(run_files.method_rank) if s.name == "method" else s)
     return wide.reset_index(drop=True)
 
 
@@ -78,7 +78,7 @@ def main(argv=None):
               file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        runs, group_by = run_folder.load_runs(args.runs_dirs, args.group_by, "convergence.py")
+        runs, group_by = run_files.load_runs(args.runs_dirs, args.group_by, "convergence.py")
     except (FileNotFoundError, ValueError) as e:
         print(f"convergence.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -42,8 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from peft_adapter import AdapterError, ExportError, export, model_card, resolve_base  # noqa: E402,F401
+from residual_prompts.errors import EXIT_BAD_INPUT  # noqa: E402
 
-EXIT_BAD_INPUT = 2
 
 
 def build_parser():

@@ -38,9 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import data_utils  # noqa: E402
+from residual_prompts.errors import EXIT_BAD_INPUT, EXIT_FAILED  # noqa: E402
 from data_utils import TASKS  # noqa: E402
 
-EXIT_MISMATCH, EXIT_BAD_INPUT = 1, 2
 GROUPS = {"superglue": [t for t in TASKS if TASKS[t].benchmark == "super_glue"],
           "glue": [t for t in TASKS if TASKS[t].benchmark == "glue"], "all": list(TASKS)}
 # The official GLUE headers (the columns train.py reads are filled; the others are left empty). CoLA has none.
@@ -296,7 +296,7 @@ def main(argv=None):
         return EXIT_BAD_INPUT
     except MismatchError as e:
         print(f"get_data.py: error: {e}", file=sys.stderr)
-        return EXIT_MISMATCH
+        return EXIT_FAILED
     if todo:
         print(f"done: python train.py --data_dir {args.out_dir} ... reads them")
     return 0

@@ -38,16 +38,16 @@ sys.path.insert(0, ROOT)
 
 import pandas as pd  # noqa: E402
 
-import run_folder  # noqa: E402
+import run_files  # noqa: E402  (no torch: reading runs needs none)
+from residual_prompts.errors import EXIT_BAD_INPUT  # noqa: E402
 
-EXIT_BAD_INPUT = 2
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR", help="folders searched recursively for runs")
-    p.add_argument("--metric", default="best_val", choices=run_folder.METRICS,
+    p.add_argument("--metric", default="best_val", choices=run_files.METRICS,
                    help="best_val: results.json best_val_score; test: the test subset's score of the best state; "
                         "norm_ratio, branch_ratio: prompt norm ratios (results.json norms); wall_time_s: seconds")
     p.add_argument("--group_by", default="", help="comma-separated args.json keys that split rows (e.g. lr,prefix_len)")
@@ -64,7 +64,7 @@ def build_parser():
 
 
 def scale(metric):
-    return 100.0 if metric in run_folder.SCORE_METRICS else 1.0
+    return 100.0 if metric in run_files.SCORE_METRICS else 1.0
 
 
 def collect(runs, metric, group_by):
@@ -72,7 +72,7 @@ def collect(runs, metric, group_by):
     runs (no score for the metric)."""
     rows, no_score = [], []
     for r in runs:
-        s = run_folder.score(r, metric)
+        s = run_files.score(r, metric)
         if s is None:
             no_score.append(r.path)
             continue
@@ -106,7 +106,7 @@ def aggregate(df, group_by):
                .agg(n=("score", "size"), mean=("score", "mean"), std=("score", lambda s: s.std(ddof=1)),
                     seeds=("seed", lambda s: ";".join(str(v) for v in sorted(s, key=_value_key))))
                .reset_index())
-    tasks = sorted(cells["task"].unique(), key=run_folder.task_rank)
+    tasks = sorted(cells["task"].unique(), key=run_files.task_rank)
     avg = []
     for values, row in cells.groupby(["method", *group_by], sort=False, dropna=False):
         complete = set(row["task"]) == set(tasks)
@@ -117,7 +117,7 @@ def aggregate(df, group_by):
 
     def key(i):
         c = cells.loc[i]
-        return run_folder.method_rank(c["method"]), [_value_key(c[g]) for g in group_by], order[c["task"]]
+        return run_files.method_rank(c["method"]), [_value_key(c[g]) for g in group_by], order[c["task"]]
 
     return cells.loc[sorted(cells.index, key=key)].reset_index(drop=True), tasks
 
@@ -170,7 +170,7 @@ def paired(df, runs, a, b, group_by):
     for key, part in diff.groupby(["task", *group_by], sort=False):  # one row per task (and --group_by values)
         key = key if isinstance(key, tuple) else (key,)
         label = key[0] + "".join(f", {g} {_text(v)}" for g, v in zip(group_by, key[1:]))
-        rows.append({**_diff_row(label, part["diff"]), "_order": (run_folder.task_rank(key[0]),
+        rows.append({**_diff_row(label, part["diff"]), "_order": (run_files.task_rank(key[0]),
                                                                   [_value_key(v) for v in key[1:]])})
     rows = [{k: v for k, v in r.items() if k != "_order"} for r in sorted(rows, key=lambda r: r["_order"])]
     return pd.DataFrame(rows + [_diff_row("All", diff["diff"])])
@@ -225,7 +225,7 @@ def to_markdown(wide):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        runs, group_by = run_folder.load_runs(args.runs_dirs, args.group_by, "make_table.py")
+        runs, group_by = run_files.load_runs(args.runs_dirs, args.group_by, "make_table.py")
         df, no_score = collect(runs, args.metric, group_by)
         if no_score:
             why = {"test": "no test score (trained without --get_test_subset 1)", "best_val": "no validation score"}.get(
@@ -250,7 +250,7 @@ def main(argv=None):
                   "existed)", file=sys.stderr)
         df = pd.concat([base, df], ignore_index=True)
     for key, part in df[df["method"] != BASELINE].groupby(["method", *group_by, "task"], sort=False, dropna=False):
-        mixed = run_folder.mixed_arguments([by_path[p] for p in part["path"]])
+        mixed = run_files.mixed_arguments([by_path[p] for p in part["path"]])
         if mixed:
             what = "; ".join(f"{k} {v}" for k, v in mixed.items())
             print(f"make_table.py: warning: cell {' / '.join(map(str, key))} averages runs that differ in {what}: "
@@ -277,7 +277,7 @@ def main(argv=None):
     cells, tasks = aggregate(df, group_by)
     counts = cells.loc[cells["task"] != "Avg", "n"]
     show_n = counts.nunique() > 1
-    digits = 1 if args.metric in run_folder.SCORE_METRICS else 0 if args.metric == "wall_time_s" else 2
+    digits = 1 if args.metric in run_files.SCORE_METRICS else 0 if args.metric == "wall_time_s" else 2
     wide = display_table(cells, tasks, group_by, show_n, digits)
     note = (f"{score_name}, mean ± sample std (ddof=1) over seeds"
             + ("" if show_n else f", n={counts.iloc[0]} per cell") + "; Avg = mean of the task means")

@@ -32,9 +32,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import run_folder  # noqa: E402
+import run_files  # noqa: E402  (no torch: reading runs needs none)
+from residual_prompts.errors import EXIT_BAD_INPUT  # noqa: E402
 
-EXIT_BAD_INPUT = 2
 
 
 def build_parser():
@@ -42,7 +42,7 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR", help="folders searched recursively for runs")
     p.add_argument("--out", required=True, help="output folder for the PNG files")
-    p.add_argument("--metric", default="best_val", choices=run_folder.METRICS, help="the score of score_vs_lr.png")
+    p.add_argument("--metric", default="best_val", choices=run_files.METRICS, help="the score of score_vs_lr.png")
     p.add_argument("--group_by", default="", help="comma-separated args.json keys that split methods (as make_table)")
     return p
 
@@ -70,7 +70,7 @@ def lr_frame(runs, metric, group_by):
     """One row per run with a score for ``metric``: label (without lr), task, lr, score x 100; plus the paths of
     the runs without that score."""
     group_by = [g for g in group_by if g != "lr"]
-    scored = [(r, run_folder.score(r, metric)) for r in runs]
+    scored = [(r, run_files.score(r, metric)) for r in runs]
     df = pd.DataFrame([{"label": series_label(r, group_by), "method": r.method, "task": r.task, "lr": r.args["lr"],
                         "score": 100.0 * s} for r, s in scored if s is not None])
     return df, [r.path for r, s in scored if s is None]
@@ -85,7 +85,7 @@ def mean_std(df, by, columns):
 
 def _labels_in_order(df):
     methods = dict(zip(df["label"], df["method"]))
-    return sorted(methods, key=lambda lab: (run_folder.method_rank(methods[lab]), lab))
+    return sorted(methods, key=lambda lab: (run_files.method_rank(methods[lab]), lab))
 
 
 def _band(ax, x, mean, std, color, label, log=False):
@@ -212,18 +212,18 @@ def _legend(fig, axes, title=None):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        runs, group_by = run_folder.load_runs(args.runs_dirs, args.group_by, "plot_curves.py")
+        runs, group_by = run_files.load_runs(args.runs_dirs, args.group_by, "plot_curves.py")
     except (FileNotFoundError, ValueError) as e:
         print(f"plot_curves.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
     os.makedirs(args.out, exist_ok=True)
-    tasks = sorted({r.task for r in runs}, key=run_folder.task_rank)
+    tasks = sorted({r.task for r in runs}, key=run_files.task_rank)
     series = {}
     for r in runs:
         series.setdefault((series_label(r, group_by), r.task), []).append(r)
     for (label, task), part in series.items():
-        mixed = run_folder.mixed_arguments(part)
+        mixed = run_files.mixed_arguments(part)
         if mixed:
             print(f"plot_curves.py: warning: curve {label} / {task} averages runs that differ in "
                   f"{'; '.join(f'{k} {v}' for k, v in mixed.items())}: add --group_by {','.join(mixed)}",

@@ -19,6 +19,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from residual_prompts.errors import EXIT_BAD_INPUT  # noqa: E402
 
 
 def main(argv=None):
@@ -34,13 +35,13 @@ def main(argv=None):
     problem = _check_cli(a)
     if problem:
         print(f"predict.py: error: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     a.split = a.split or "validation"
 
     import data_utils
     import run_folder
     import train_utils as tu
-    from errors import ConfigError, DataError
+    from residual_prompts.errors import ConfigError, DataError
 
     try:
         wrapper, args, _ = run_folder.load_run(a.run_dir, a.model_name)
@@ -51,7 +52,7 @@ def main(argv=None):
         res = tu.evaluate(wrapper, split, task, batch_size=a.batch_size, loss_batch_size=args["batch_size"])
     except (ConfigError, DataError, OSError) as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     lines = "".join(json.dumps(data_utils.prediction_record(task, row, pred, with_target=labelled)) + "\n"
                     for row, pred in zip(rows, res["predictions"]))
     if a.out:
@@ -59,7 +60,7 @@ def main(argv=None):
             run_folder.atomic_write(a.out, lambda f: f.write(lines.encode()))
         except OSError as e:
             print(f"predict.py: error: cannot write --out {a.out}: {e}", file=sys.stderr)
-            return 2
+            return EXIT_BAD_INPUT
     else:
         sys.stdout.write(lines)
     if labelled:
@@ -86,7 +87,7 @@ def _check_cli(a):
 
 
 def _rows(a, task, args, data_utils):
-    from errors import DataError
+    from residual_prompts.errors import DataError
 
     if a.input is None:
         return data_utils.load_split(task, a.split, a.data_dir or args.get("data_dir"))
@@ -100,10 +101,10 @@ def _rows(a, task, args, data_utils):
                     raise DataError(f"{a.input} line {n}: not JSON ({e})") from None
                 row.setdefault("idx", n - 1)
                 if "label" in row:
-                    row["label"] = data_utils._label_id(task, row["label"], f"{a.input} line {n}")
+                    row["label"] = data_utils.label_id(task, row["label"], f"{a.input} line {n}")
                 elif task.formatter != "record":
                     row["label"], row["_unlabelled"] = (0 if task.label_names else 0.0), True  # a stand-in target
-                rows.append(data_utils._check_row(task, row, f"{a.input} line {n}"))
+                rows.append(data_utils.check_row(task, row, f"{a.input} line {n}"))
     if not rows:
         raise DataError(f"{a.input} holds no rows")
     return rows

@@ -59,9 +59,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXIT_BAD_INPUT = 2
-EXIT_RUN_FAILED = 1
-EXIT_INTERRUPTED = 75  # as train.py: what is needed to continue is on disk; run the same command again
+sys.path.insert(0, ROOT)
+from residual_prompts.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED  # noqa: E402
+
 TRAIN_EXITS = {0: "done", 2: "bad input", 3: "diverged", 75: "stopped, checkpoint written"}  # train.py's codes
 TOP_KEYS = ("name", "description", "fixed", "methods", "grid", "run_name", "sbatch", "tie")
 OWN_DIRECTIVES = ("array", "requeue", "chdir", "open-mode")  # written by this script: a sweep may not set them
@@ -78,8 +78,6 @@ class SweepError(Exception):
 # ---------------------------------------------------------------------------------------------------------------
 
 def _arguments():
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     import arguments
     return arguments
 
@@ -87,7 +85,7 @@ def _arguments():
 def _flags():
     """{flag name: argparse action} of train.py, help excluded."""
     parser = _arguments().build_parser()
-    return {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    return dict(parser.flags)
 
 
 def _fmt(value):
@@ -293,7 +291,7 @@ def check_runs(runs, path):
     """Every run must get past train.py's own parsing and checks (task, types, invalid combinations)."""
     arguments = _arguments()
     from data_utils import TASKS
-    from errors import ConfigError
+    from residual_prompts.errors import ConfigError
 
     parser = arguments.build_parser()
 
@@ -354,20 +352,19 @@ def run_dir(argv):
 
 
 def run_state(path):
-    """complete | failed (diverged: results.json holds an error) | partial | missing."""
-    _arguments()
-    import run_folder
+    """complete | failed (diverged: results.json holds an error) | partial | missing (run_files.run_status)."""
+    import run_files
 
-    return run_folder.run_status(path)
+    return run_files.run_status(path)
 
 
 def same_args(path, argv):
     """train.py's own test of whether a finished run was made with these arguments: [] or the differences."""
     arguments = _arguments()
-    import run_folder
-    from errors import ConfigError
+    import run_files
+    from residual_prompts.errors import ConfigError
 
-    saved = run_folder.read_json(os.path.join(path, "args.json"))
+    saved = run_files.read_json(os.path.join(path, run_files.ARGS))
     if not saved:
         return ["no readable args.json"]
     parser = arguments.build_parser()
@@ -377,7 +374,7 @@ def same_args(path, argv):
             arguments.check_args(args)
     except ConfigError as e:  # train.py will say it properly
         return [str(e)]
-    return run_folder.differing_args(saved, vars(args))
+    return run_files.differing_args(saved, vars(args))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -586,7 +583,7 @@ class LocalSweep:
                   + (f", {c['stopped']} stopped, {left} not started" if self.stop_signal is not None else ""))
         if self.stop_signal is not None and (c["stopped"] or left):
             return EXIT_INTERRUPTED
-        return EXIT_RUN_FAILED if c["failed"] else 0
+        return EXIT_FAILED if c["failed"] else 0
 
 
 def cmd_status(a):

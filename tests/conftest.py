@@ -145,6 +145,17 @@ def tiny_t5_dir(data_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def sweep():
+    """scripts/sweep.py loaded as a module, a fresh copy per test module (tests patch its attributes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_script", ROOT / "scripts" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run far faster on one thread than on two busy cores (thread synchronization dominates)."""
     import torch

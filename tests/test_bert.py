@@ -8,9 +8,9 @@ import torch
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, BertTokenizer, RobertaConfig, RobertaModel
 
 import data_utils
-import models as em
+from residual_prompts import models as em
 import train_utils as tu
-from prompts import SoftPrompt, init_prompt
+from residual_prompts.prompts import SoftPrompt, init_prompt
 from conftest import run_py
 
 P, H = 3, 32

@@ -22,10 +22,10 @@ def snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def ws(tiny_t5_dir, data_dir, tmp_path_factory):
+def errors_ws(tiny_t5_dir, data_dir, tmp_path_factory):
     """A workspace: CB data (good and broken copies), bad prompt files, bad models, a finished run, an interrupted
     run that has a checkpoint."""
-    w = tmp_path_factory.mktemp("ws")
+    w = tmp_path_factory.mktemp("errors_ws")
     cb = data_dir / "super_glue" / "CB"
 
     def cb_copy(name, train_text):
@@ -126,12 +126,12 @@ CASES = [
 
 @pytest.mark.slow  # its workspace holds a run stopped by tests/fault_runner.py in a child process
 @pytest.mark.parametrize("extra,message", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(extra, message, ws, tiny_t5_dir, data_dir, capsys):
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(extra, message, errors_ws, tiny_t5_dir, data_dir, capsys):
     argv = ["--task", "rte_superglue", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
             "--freeze_weights", "1", "--select_k_per_class", "4", "--limit_val_set", "4", "--num_epochs", "2",
-            "--save_dir", str(ws / "runs"), "--save_name", "new", "--progress", "0"]
-    extra = [a.replace("{w}", str(ws)) for a in extra]
-    before = snapshot(ws)
+            "--save_dir", str(errors_ws / "runs"), "--save_name", "new", "--progress", "0"]
+    extra = [a.replace("{w}", str(errors_ws)) for a in extra]
+    before = snapshot(errors_ws)
     try:
         code = train.main(argv + extra)
     except SystemExit as e:  # argparse
@@ -141,7 +141,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(extra, message, ws, ti
     assert err.count("\n") == 1 and err.startswith("train.py: error: "), err
     assert message in err, err
     assert "Traceback" not in err
-    assert snapshot(ws) == before
+    assert snapshot(errors_ws) == before
 
 
 def test_catalogue_is_large_and_distinct():
@@ -154,10 +154,10 @@ def test_catalogue_is_large_and_distinct():
     (["--prefix_MLP", "MLP9"], "unknown --prefix_MLP"),
     (["--task", "cb", "--data_dir", "{w}/malformed"], "malformed JSON in"),
 ])
-def test_the_real_process_prints_one_line_and_exits_2(extra, message, ws, tiny_t5_dir, data_dir):
+def test_the_real_process_prints_one_line_and_exits_2(extra, message, errors_ws, tiny_t5_dir, data_dir):
     argv = ["--task", "rte_superglue", "--data_dir", str(data_dir), "--model_name", str(tiny_t5_dir),
-            "--save_dir", str(ws / "runs"), "--save_name", "new", "--progress", "0"]
-    before = snapshot(ws)
-    proc = run_py(["train.py", *argv, *[a.replace("{w}", str(ws)) for a in extra]], env={"PYTHONWARNINGS": "ignore"})
+            "--save_dir", str(errors_ws / "runs"), "--save_name", "new", "--progress", "0"]
+    before = snapshot(errors_ws)
+    proc = run_py(["train.py", *argv, *[a.replace("{w}", str(errors_ws)) for a in extra]], env={"PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
-    assert snapshot(ws) == before
+    assert snapshot(errors_ws) == before

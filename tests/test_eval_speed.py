@@ -12,9 +12,9 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizer, T5Config, T5ForConditionalGeneration
 
 import data_utils
-import models
+from residual_prompts import models
 import train_utils as tu
-from prompts import SoftPrompt
+from residual_prompts.prompts import SoftPrompt
 from res_mlp import build_reparam
 
 
@@ -62,7 +62,7 @@ def two_pass(wrapper, batch, prompt, max_length):
 def batches_of(split, task, batch_size):
     """evaluate's batches on a CPU: (tensors, rows, encoder chunks)."""
     return [({k: v for k, v in b.items() if k not in ("rows", "encoder_chunks")}, b["rows"], b["encoder_chunks"])
-            for b in tu._token_batches(split, batch_size, task.target_len, batch_cost=tu.EVAL_BATCH_COST["cpu"])]
+            for b in tu.token_batches(split, batch_size, task.target_len, batch_cost=tu.EVAL_BATCH_COST["cpu"])]
 
 
 def assert_same(one, two, rel=1e-6):
@@ -167,7 +167,7 @@ def reference_evaluate(wrapper, split, task, batches, loss_batch_size):
             for i, d, t in zip(rows, dec, tgt):
                 decoded[i], targets[i] = d, t
             sums[rows], counts[rows] = s.double(), c.double()
-    return decoded, tu._mean_of_batch_means(sums, counts, loss_batch_size)
+    return decoded, tu.mean_of_batch_means(sums, counts, loss_batch_size)
 
 
 def test_evaluate_equals_the_two_pass_path(written_t5_tokenizer, cb):
@@ -205,7 +205,7 @@ def test_token_batches_hold_every_row_once_within_the_budget(written_t5_tokenize
     lengths = [len(s) for s in split.source_ids]
     for batch_size in (1, 2, 4, 8, 64):
         for cost in (0, 8, 256, None):
-            batches = list(tu._token_batches(split, batch_size, task.target_len, batch_cost=cost))
+            batches = list(tu.token_batches(split, batch_size, task.target_len, batch_cost=cost))
             rows = [i for b in batches for i in b["rows"]]
             assert sorted(rows) == list(range(len(split)))  # every row, once
             assert [lengths[i] for i in rows] == sorted(lengths, reverse=True)  # longest first
@@ -229,16 +229,16 @@ def encoder_tokens(batches):
 def test_token_batches_trade_padding_against_the_number_of_encoder_passes(written_t5_tokenizer, cb):
     task, split = cb
     lengths = sorted((len(s) for s in split.source_ids), reverse=True)
-    free = list(tu._token_batches(split, 4, task.target_len, batch_cost=0))
+    free = list(tu.token_batches(split, 4, task.target_len, batch_cost=0))
     assert encoder_tokens(free) == sum(lengths)  # encoder passes cost nothing: no padding at all
-    fewest = list(tu._token_batches(split, 4, task.target_len, batch_cost=None))
+    fewest = list(tu.token_batches(split, 4, task.target_len, batch_cost=None))
     assert all(b["encoder_chunks"] is None for b in fewest)
     greedy, start = 0, 0  # the fewest batches: fill each as far as the bounds allow
     while start < len(lengths):
         start += min(4 * 4, max(1, 4 * lengths[0] // lengths[start]), len(lengths) - start)
         greedy += 1
     assert len(fewest) == greedy < len(split) / 4  # short rows: larger batches than batch_size rows
-    middle = list(tu._token_batches(split, 4, task.target_len, batch_cost=8))
+    middle = list(tu.token_batches(split, 4, task.target_len, batch_cost=8))
 
     def passes(batches):
         return sum(len(b["encoder_chunks"] or [1]) for b in batches)
@@ -249,7 +249,7 @@ def test_token_batches_trade_padding_against_the_number_of_encoder_passes(writte
     by_rows = list(tu.make_batches(split, 4, task.target_len, None, sorted(range(len(split)),
                                                                             key=lambda i: -len(split.source_ids[i]))))
     assert encoder_tokens(middle) + 8 * passes(middle) <= sum(b["source_ids"].numel() + 8 for b in by_rows)
-    fixed = list(tu._token_batches(split, 4, task.target_len, pad_to=512))  # --pad_to_max_length: rows, as before
+    fixed = list(tu.token_batches(split, 4, task.target_len, pad_to=512))  # --pad_to_max_length: rows, as before
     assert [tuple(b["source_ids"].shape) for b in fixed] == [(4, 512)] * 7 + [(2, 512)]
 
 

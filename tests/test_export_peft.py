@@ -15,9 +15,9 @@ pytest.importorskip("peft")
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 import data_utils  # noqa: E402
-import models  # noqa: E402
+from residual_prompts import models  # noqa: E402
 import train_utils as tu  # noqa: E402
-from prompts import SoftPrompt  # noqa: E402
+from residual_prompts.prompts import SoftPrompt  # noqa: E402
 from conftest import run_py  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

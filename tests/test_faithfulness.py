@@ -21,7 +21,7 @@ from torch import nn
 
 import data_utils as D
 import train
-import models
+from residual_prompts import models
 import train_utils as tu
 
 GOLDEN_TASKS = ["cb", "copa", "rte_superglue", "wic", "wsc", "wsc_bool", "multirc", "boolq",

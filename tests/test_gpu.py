@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import data_utils as D
-import models
+from residual_prompts import models
 import train_utils as tu
 import test_faithfulness as F
 from conftest import run_py

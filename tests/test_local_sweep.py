@@ -13,14 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP_PY = ROOT / "scripts" / "sweep.py"
 
 
-@pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("sweep_script_local", SWEEP_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def write_sweep(path, model, data, save_dir, seeds=(1, 2, 3)):
     path.write_text(json.dumps({
         "name": "local_tiny",

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_t5_anywhere, fixture_data_dir, tmp_path_factory):
+def outputs_run(tiny_t5_anywhere, fixture_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("outputs")
     args = ["train.py", "--task", "cb", "--data_dir", str(fixture_data_dir), "--model_name", str(tiny_t5_anywhere),
             "--freeze_weights", "1", "--prefix_MLP", "MLP1", "--num_epochs", "2", "--batch_size", "4",
@@ -21,8 +21,8 @@ def run_dir(tiny_t5_anywhere, fixture_data_dir, tmp_path_factory):
     return out / "r", proc
 
 
-def test_a_redirected_log_has_no_cursor_codes_and_one_line_per_epoch(run_dir):
-    _, proc = run_dir
+def test_a_redirected_log_has_no_cursor_codes_and_one_line_per_epoch(outputs_run):
+    _, proc = outputs_run
     text = proc.stdout + proc.stderr
     assert "\r" not in text and "\x1b" not in text
     epochs = [line for line in text.splitlines() if " epoch " in line and "train loss" in line]
@@ -31,8 +31,8 @@ def test_a_redirected_log_has_no_cursor_codes_and_one_line_per_epoch(run_dir):
         assert line[:4].isdigit() and " s, " in line and "steps/s" in line and "validation score" in line
 
 
-def test_metrics_jsonl_has_step_losses_and_epoch_summaries(run_dir):
-    folder, _ = run_dir
+def test_metrics_jsonl_has_step_losses_and_epoch_summaries(outputs_run):
+    folder, _ = outputs_run
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     epochs = [r for r in records if "train_loss" in r]
@@ -40,8 +40,8 @@ def test_metrics_jsonl_has_step_losses_and_epoch_summaries(run_dir):
     assert steps and all(r["step"] % 2 == 0 and r["lr"] == 0.3 for r in steps)
 
 
-def test_all_results_json_is_flat_like_run_glue(run_dir):
-    folder, _ = run_dir
+def test_all_results_json_is_flat_like_run_glue(outputs_run):
+    folder, _ = outputs_run
     flat = json.loads((folder / "all_results.json").read_text())
     for key in ("epoch", "train_runtime", "train_samples", "train_loss", "eval_score", "eval_loss", "eval_acc",
                 "test_score", "test_loss", "test_acc", "test_f1_macro"):
@@ -56,8 +56,8 @@ def test_all_results_json_is_flat_like_run_glue(run_dir):
     assert flat["eval_score"] == best["score"] and flat["eval_loss"] == best["loss"]
 
 
-def test_predictions_files_name_each_row(run_dir):
-    folder, _ = run_dir
+def test_predictions_files_name_each_row(outputs_run):
+    folder, _ = outputs_run
     results = json.loads((folder / "results.json").read_text())
     for split, n in (("val", results["n_examples"]["validation"]), ("test", results["n_examples"]["test"])):
         rows = [json.loads(line) for line in (folder / f"predictions_{split}.jsonl").read_text().splitlines()]
@@ -66,10 +66,10 @@ def test_predictions_files_name_each_row(run_dir):
                    for r in rows)
 
 
-def test_tensorboard_events_read_back(run_dir):
+def test_tensorboard_events_read_back(outputs_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    folder, _ = run_dir
+    folder, _ = outputs_run
     acc = EventAccumulator(str(folder / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -79,8 +79,8 @@ def test_tensorboard_events_read_back(run_dir):
     assert [e.step for e in acc.Scalars("eval/score")] == [per_epoch, 2 * per_epoch]
 
 
-def test_predict_scores_a_finished_run_and_new_rows(run_dir, fixture_data_dir, tmp_path):
-    folder, _ = run_dir
+def test_predict_scores_a_finished_run_and_new_rows(outputs_run, fixture_data_dir, tmp_path):
+    folder, _ = outputs_run
     results = json.loads((folder / "results.json").read_text())
     proc = run_py(["scripts/predict.py", str(folder), "--out", str(tmp_path / "p.jsonl")])
     assert proc.returncode == 0, proc.stderr
@@ -109,18 +109,18 @@ def test_predict_scores_a_finished_run_and_new_rows(run_dir, fixture_data_dir, t
     (["--input", "{tmp}/missing.jsonl"], "no such file"),
     (["--batch_size", "0"], "pass a positive number"),
 ])
-def test_predict_refuses_bad_flags_before_any_work(run_dir, tmp_path, flags, says):
-    folder, _ = run_dir
+def test_predict_refuses_bad_flags_before_any_work(outputs_run, tmp_path, flags, says):
+    folder, _ = outputs_run
     (tmp_path / "rows.jsonl").write_text(json.dumps({"premise": "a", "hypothesis": "b"}) + "\n")
     proc = run_py(["scripts/predict.py", str(folder)] + [f.format(tmp=tmp_path) for f in flags])
     assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "no_such_folder").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]
 
 
-def test_results_json_records_what_a_constant_prediction_scores_on_the_test_half(run_dir):
+def test_results_json_records_what_a_constant_prediction_scores_on_the_test_half(outputs_run):
     import data_utils
 
-    folder, _ = run_dir
+    folder, _ = outputs_run
     results = json.loads((folder / "results.json").read_text())
     targets = [json.loads(line)["target"] for line in (folder / "predictions_test.jsonl").read_text().splitlines()]
     assert results["test"]["constant_score"] == data_utils.constant_score(data_utils.TASKS["cb"], targets)

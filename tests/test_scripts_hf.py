@@ -65,7 +65,7 @@ def lr_runs(root, rates, seeds=(0, 1, 2)):
     for lr in rates:
         for seed in seeds:
             write_run(root, f"lr{lr}_s{seed}", 0.5 + 0.1 * seed + lr / 100, lr=lr, seed=seed)
-    runs, _ = plot_curves.run_folder.find_runs([root])
+    runs, _ = plot_curves.run_files.find_runs([root])
     df, _ = plot_curves.lr_frame(runs, "best_val", [])
     return df
 
@@ -102,7 +102,7 @@ def test_band_title_names_the_seed_counts(tmp_path):
 
 def test_val_curves_legend_says_what_the_band_is(tmp_path):
     lr_runs(tmp_path / "runs", [0.3], seeds=(0, 1))
-    runs, _ = plot_curves.run_folder.find_runs([tmp_path / "runs"])
+    runs, _ = plot_curves.run_files.find_runs([tmp_path / "runs"])
     fig, stats = plot_curves.curves_figure(plot_curves.curves_frame(runs, []), ["cb"])
     assert fig.legends[0].get_title().get_text() == "line: mean over 2 seeds\nband: ± sample std (ddof=1)"
     assert stats["n"].tolist() == [2]

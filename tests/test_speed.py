@@ -10,9 +10,9 @@ import torch
 
 import data_utils
 import train
-import models
+from residual_prompts import models
 import train_utils as tu
-from prompts import SoftPrompt
+from residual_prompts.prompts import SoftPrompt
 from conftest import run_py
 from res_mlp import build_reparam
 

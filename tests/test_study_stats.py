@@ -9,13 +9,13 @@ from scipy import stats
 
 import data_utils
 from run_folder import method_label
-from test_workflow_tables import ARGS, PT, RES, make_table, sweep, table_lines, write_run  # noqa: F401
+from test_workflow_tables import ARGS, PT, RES, make_table, table_runs, table_lines, write_run  # noqa: F401
 
 
 
-def test_paired_differences_per_task_and_over_all_pairs(sweep, tmp_path, capsys):  # noqa: F811
+def test_paired_differences_per_task_and_over_all_pairs(table_runs, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "paired"
-    rc = make_table.main([str(sweep), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT", "--out", str(out)])
+    rc = make_table.main([str(table_runs), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT", "--out", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0
     rows = pd.read_csv(f"{out}.csv").set_index("task")
@@ -34,15 +34,15 @@ def test_paired_differences_per_task_and_over_all_pairs(sweep, tmp_path, capsys)
     assert lines[2].startswith("| cb | 2 | +16.5 | [") and lines[-1].startswith("| All | 4 | +17.2")
 
 
-def test_paired_needs_partners_and_one_run_per_key(sweep, capsys):  # noqa: F811
-    assert make_table.main([str(sweep), "--paired", "Residual PT (MLP1)", "PT + MLP1 (no residual)"]) == 2
+def test_paired_needs_partners_and_one_run_per_key(table_runs, capsys):  # noqa: F811
+    assert make_table.main([str(table_runs), "--paired", "Residual PT (MLP1)", "PT + MLP1 (no residual)"]) == 2
     assert "no run of method 'PT + MLP1 (no residual)'" in capsys.readouterr().err
-    write_run(sweep / "pt", "cb_s0_lr1", [0.5, 0.6], 0.6, seed=0, lr=1.0, **PT)  # a second PT run for cb seed 0
-    assert make_table.main([str(sweep), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT"]) == 2
+    write_run(table_runs / "pt", "cb_s0_lr1", [0.5, 0.6], 0.6, seed=0, lr=1.0, **PT)  # a second PT run for cb seed 0
+    assert make_table.main([str(table_runs), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT"]) == 2
     err = capsys.readouterr().err
     assert "'PT' has several runs" in err and "--group_by" in err
     # grouped by lr, the pairs need the same lr: none of Residual PT's (0.3) meets PT's 1.0 run, 0.3 ones pair
-    assert make_table.main([str(sweep), "--metric", "test", "--group_by", "lr",
+    assert make_table.main([str(table_runs), "--metric", "test", "--group_by", "lr",
                             "--paired", "Residual PT (MLP1)", "PT"]) == 0
     out = capsys.readouterr().out
     assert "| All | 4 |" in out and "| cb, lr 0.3 | 2 | +16.5 |" in out  # one row per task and lr

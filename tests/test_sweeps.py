@@ -19,14 +19,6 @@ SWEEP_PY = ROOT / "scripts" / "sweep.py"
 
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("sweep_script", SWEEP_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
 def parser():
     import train
     return train.build_parser()

@@ -7,7 +7,7 @@ import types
 import pytest
 
 import tracking
-from errors import ConfigError
+from residual_prompts.errors import ConfigError
 
 
 class FakeRun:

@@ -7,25 +7,17 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 import data_utils
-import models
-import prompts
+from residual_prompts import models
+from residual_prompts import prompts
 import train_utils as tu
-from prompts import SoftPrompt
+from residual_prompts.prompts import SoftPrompt
 from res_mlp import build_reparam
 
 P = 4
 
 
-# Every test here runs anywhere (no ../shared): in this file `t5_tokenizer` is the T5 tokenizer written in conftest
-# and `data_dir` holds the 20 + 10 CB rows committed in tests/fixtures, not the real vocabulary and data.
-@pytest.fixture(scope="module")
-def t5_tokenizer(written_t5_tokenizer):
-    return written_t5_tokenizer
-
-
-@pytest.fixture(scope="module")
-def data_dir(fixture_data_dir):
-    return fixture_data_dir
+# Every test here runs anywhere (no ../shared): the T5 tokenizer written in conftest and the 20 + 10 CB rows
+# committed in tests/fixtures, not the real vocabulary and data.
 
 
 def tiny_model(seed=0, dropout=0.0):
@@ -96,16 +88,16 @@ def test_uniform_init_range_and_shape():
     assert prompt.min() >= -0.5 and prompt.max() <= 0.5 and prompt.std() > 0.2
 
 
-def test_class_label_init_averages_label_pieces_then_samples(t5_tokenizer):
+def test_class_label_init_averages_label_pieces_then_samples(written_t5_tokenizer):
     table = row_index_table(32128)
     words = data_utils.get_task("cb").label_words
-    prompt, _ = prompts.init_prompt("class_labels", table, 5, seed=0, tokenizer=t5_tokenizer, label_words=words)
+    prompt, _ = prompts.init_prompt("class_labels", table, 5, seed=0, tokenizer=written_t5_tokenizer, label_words=words)
     for i, w in enumerate(words):
-        pieces = t5_tokenizer(w, add_special_tokens=False)["input_ids"]
+        pieces = written_t5_tokenizer(w, add_special_tokens=False)["input_ids"]
         assert prompt[i, 0].item() == pytest.approx(float(np.mean(pieces)))
     assert 3 <= prompt[3, 0] < 5003 and 3 <= prompt[4, 0] < 5003
     with pytest.raises(tu.ConfigError, match="label words"):
-        prompts.init_prompt("class_labels", table, 5, seed=0, tokenizer=t5_tokenizer, label_words=())
+        prompts.init_prompt("class_labels", table, 5, seed=0, tokenizer=written_t5_tokenizer, label_words=())
 
 
 def test_file_init_checks_shape_dtype_and_pickle(tmp_path):
@@ -137,9 +129,9 @@ def make_wrapper(reparam_name="MLP1", freeze=True, seed=0, tokenizer=None):
     return models.PromptT5(model, tokenizer, SoftPrompt(prompt, reparam), seq_len=512)
 
 
-def test_one_step_changes_only_prompt_and_mlp_when_frozen(t5_tokenizer, data_dir):
+def test_one_step_changes_only_prompt_and_mlp_when_frozen(written_t5_tokenizer, fixture_data_dir):
     wrapper = make_wrapper()
-    split = cb_split(t5_tokenizer, data_dir, n=8)
+    split = cb_split(written_t5_tokenizer, fixture_data_dir, n=8)
     before = {n: p.detach().clone() for n, p in wrapper.named_parameters()}
     opt = tu.build_optimizer("legacy_adamw", wrapper, lr=0.3)
     batch = next(tu.make_batches(split, 8, 5))
@@ -152,9 +144,9 @@ def test_one_step_changes_only_prompt_and_mlp_when_frozen(t5_tokenizer, data_dir
     assert not [n for n in changed if n.startswith("model.")]
 
 
-def test_prompt_reaches_the_encoder_and_is_cut_to_seq_len(t5_tokenizer, data_dir):
+def test_prompt_reaches_the_encoder_and_is_cut_to_seq_len(written_t5_tokenizer, fixture_data_dir):
     wrapper = make_wrapper("None")
-    split = cb_split(t5_tokenizer, data_dir, n=4)
+    split = cb_split(written_t5_tokenizer, fixture_data_dir, n=4)
     batch = next(tu.make_batches(split, 4, 5))
     embeds, mask = wrapper.encoder_inputs(batch["source_ids"], wrapper.projected_prompt())
     t = batch["source_ids"].shape[1]
@@ -167,9 +159,9 @@ def test_prompt_reaches_the_encoder_and_is_cut_to_seq_len(t5_tokenizer, data_dir
     assert embeds.shape[1] == 20 and mask.shape[1] == 20
 
 
-def test_dynamic_padding_gives_the_loss_of_padding_to_seq_len(t5_tokenizer, data_dir):
+def test_dynamic_padding_gives_the_loss_of_padding_to_seq_len(written_t5_tokenizer, fixture_data_dir):
     wrapper = make_wrapper("MLP1")
-    split = cb_split(t5_tokenizer, data_dir, n=16)
+    split = cb_split(written_t5_tokenizer, fixture_data_dir, n=16)
     for dyn, full in zip(tu.make_batches(split, 8, 5), tu.make_batches(split, 8, 5, pad_to=512)):
         assert dyn["source_ids"].shape[1] < 512 == full["source_ids"].shape[1]
         prompt = wrapper.projected_prompt()
@@ -181,12 +173,12 @@ def test_dynamic_padding_gives_the_loss_of_padding_to_seq_len(t5_tokenizer, data
     assert torch.equal(wrapper.generate(dyn["source_ids"], 5, prompt), wrapper.generate(full["source_ids"], 5, prompt))
 
 
-def test_full_finetuning_trains_the_model(t5_tokenizer, data_dir):
+def test_full_finetuning_trains_the_model(written_t5_tokenizer, fixture_data_dir):
     model = tiny_model()
     assert models.freeze_model(model, False, "xxxxxxx") == sum(p.numel() for p in model.parameters())
     wrapper = models.PromptT5(model, None, None)
     assert wrapper.projected_prompt() is None
-    split = cb_split(t5_tokenizer, data_dir, n=4)
+    split = cb_split(written_t5_tokenizer, fixture_data_dir, n=4)
     opt = tu.build_optimizer("legacy_adamw", wrapper, lr=3e-4)
     before = model.shared.weight.detach().clone()
     wrapper.loss(next(tu.make_batches(split, 4, 5))).backward()
@@ -201,10 +193,10 @@ def test_freeze_except_keeps_matching_parameters_trainable():
     assert [name for name, p in model.named_parameters() if p.requires_grad] == ["shared.weight"]
 
 
-def test_evaluate_restores_modes_and_scores(t5_tokenizer, data_dir):
-    wrapper = make_wrapper("MLP1", tokenizer=t5_tokenizer)
+def test_evaluate_restores_modes_and_scores(written_t5_tokenizer, fixture_data_dir):
+    wrapper = make_wrapper("MLP1", tokenizer=written_t5_tokenizer)
     wrapper.train()
-    split = cb_split(t5_tokenizer, data_dir, n=10)
+    split = cb_split(written_t5_tokenizer, fixture_data_dir, n=10)
     task = data_utils.get_task("cb")
     res = tu.evaluate(wrapper, split, task, batch_size=4)
     assert wrapper.training and wrapper.model.training and wrapper.reparam.training
@@ -224,13 +216,13 @@ def test_evaluate_restores_modes_and_scores(t5_tokenizer, data_dir):
 
 
 @pytest.mark.parametrize("early_stopping", [True, False])
-def test_fit_keeps_the_evaluations_of_the_state_it_returns(t5_tokenizer, data_dir, early_stopping):
+def test_fit_keeps_the_evaluations_of_the_state_it_returns(written_t5_tokenizer, fixture_data_dir, early_stopping):
     """train.py writes predictions_val/test.jsonl (and the test score) from fit's own evaluation of the best state
     instead of evaluating it again: they must be what evaluating the returned state gives."""
-    wrapper = make_wrapper("MLP1", tokenizer=t5_tokenizer)
+    wrapper = make_wrapper("MLP1", tokenizer=written_t5_tokenizer)
     task = data_utils.get_task("cb")
-    train, val = cb_split(t5_tokenizer, data_dir, n=8), cb_split(t5_tokenizer, data_dir, n=12)
-    test = cb_split(t5_tokenizer, data_dir, n=6)
+    train, val = cb_split(written_t5_tokenizer, fixture_data_dir, n=8), cb_split(written_t5_tokenizer, fixture_data_dir, n=12)
+    test = cb_split(written_t5_tokenizer, fixture_data_dir, n=6)
     cfg = tu.FitConfig(task=task, epochs=3, batch_size=4, early_stopping=early_stopping, model_dropout=False,
                        test_every_eval=True, progress=False)
     state = tu.TrainState()
@@ -246,9 +238,9 @@ def test_fit_keeps_the_evaluations_of_the_state_it_returns(t5_tokenizer, data_di
         assert res["loss"] == pytest.approx(again["loss"], rel=1e-6)
 
 
-def test_fit_keeps_no_evaluation_when_the_final_state_was_not_evaluated(t5_tokenizer, data_dir):
-    wrapper = make_wrapper("None", tokenizer=t5_tokenizer)
-    split = cb_split(t5_tokenizer, data_dir, n=8)
+def test_fit_keeps_no_evaluation_when_the_final_state_was_not_evaluated(written_t5_tokenizer, fixture_data_dir):
+    wrapper = make_wrapper("None", tokenizer=written_t5_tokenizer)
+    split = cb_split(written_t5_tokenizer, fixture_data_dir, n=8)
     cfg = tu.FitConfig(task=data_utils.get_task("cb"), epochs=2, batch_size=4, eval_every=2, progress=False)
     state = tu.TrainState()
     tu.fit(wrapper, tu.build_optimizer("legacy_adamw", wrapper, lr=0.3), split, split, cfg, state=state)

@@ -52,7 +52,7 @@ def write_run(root, name, curve, test=None, complete=True, **args):
 
 
 @pytest.fixture
-def sweep(tmp_path):
+def table_runs(tmp_path):
     """cb and rte_superglue; PT x 3 seeds, Residual PT x 2 seeds (+1 unfinished), fine-tuning x 1 seed on cb."""
     root = tmp_path / "runs"
     for seed, curve, test in ((0, [0.50, 0.70], 0.60), (1, [0.60, 0.75], 0.65), (2, [0.55, 0.80], 0.70)):
@@ -83,9 +83,9 @@ def test_method_labels():
     assert method_label({**ARGS, "freeze_except": "shared"}) == "PT + 'shared' trained"
 
 
-def test_table_of_best_validation_scores(sweep, tmp_path, capsys):
+def test_table_of_best_validation_scores(table_runs, tmp_path, capsys):
     out = tmp_path / "tables" / "t"
-    assert make_table.main([str(sweep), "--out", str(out)]) == 0
+    assert make_table.main([str(table_runs), "--out", str(out)]) == 0
     printed = capsys.readouterr()
     # cells differ in their number of seeds (3, 2, 1): each shows its n; std is the sample std (ddof=1)
     assert table_lines(printed.out) == [
@@ -94,7 +94,7 @@ def test_table_of_best_validation_scores(sweep, tmp_path, capsys):
         "| Fine-tuning | 90.0 (n=1) | – | – |",
         "| PT | 75.0 ± 5.0 (n=3) | 62.0 ± 2.0 (n=3) | 68.5 |",
         "| Residual PT (MLP1) | 82.0 ± 2.8 (n=2) | 70.0 ± 0.0 (n=2) | 76.0 |"]
-    assert "skipped 1 incomplete run(s)" in printed.err and str(sweep / "res" / "cb_s2") in printed.err
+    assert "skipped 1 incomplete run(s)" in printed.err and str(table_runs / "res" / "cb_s2") in printed.err
     assert "averages runs that differ" not in printed.err
 
     csv = pd.read_csv(f"{out}.csv").set_index(["method", "task"])
@@ -114,9 +114,9 @@ def test_table_of_best_validation_scores(sweep, tmp_path, capsys):
     assert r"\begin{tabular}" in tex and r"75.0 $\pm$ 5.0 (n=3)" in tex and r"rte\_superglue" in tex
 
 
-def test_table_of_test_scores_skips_runs_without_one(sweep, tmp_path, capsys):
-    write_run(sweep / "pt", "cb_s3_no_test", [0.1, 0.1], None, seed=3, **PT)  # trained without a test subset
-    assert make_table.main([str(sweep / "pt"), str(sweep / "res"), "--metric", "test", "--out",
+def test_table_of_test_scores_skips_runs_without_one(table_runs, tmp_path, capsys):
+    write_run(table_runs / "pt", "cb_s3_no_test", [0.1, 0.1], None, seed=3, **PT)  # trained without a test subset
+    assert make_table.main([str(table_runs / "pt"), str(table_runs / "res"), "--metric", "test", "--out",
                             str(tmp_path / "t")]) == 0
     printed = capsys.readouterr()
     assert table_lines(printed.out)[2:] == ["| PT | 65.0 ± 5.0 (n=3) | 50.0 ± 0.0 (n=3) | 57.5 |",
@@ -124,24 +124,24 @@ def test_table_of_test_scores_skips_runs_without_one(sweep, tmp_path, capsys):
     assert "skipped 1 run(s) with no test score" in printed.err and "cb_s3_no_test" in printed.err
 
 
-def test_same_seed_count_is_said_once(sweep, tmp_path, capsys):
-    assert make_table.main([str(sweep / "res"), "--out", str(tmp_path / "t")]) == 0
+def test_same_seed_count_is_said_once(table_runs, tmp_path, capsys):
+    assert make_table.main([str(table_runs / "res"), "--out", str(tmp_path / "t")]) == 0
     out = capsys.readouterr().out
     assert table_lines(out)[2:] == ["| Residual PT (MLP1) | 82.0 ± 2.8 | 70.0 ± 0.0 | 76.0 |"]
     assert "n=2 per cell" in out and "ddof=1" in out
 
 
-def test_group_by_splits_rows_and_mixed_cells_are_warned_about(sweep, tmp_path, capsys):
+def test_group_by_splits_rows_and_mixed_cells_are_warned_about(table_runs, tmp_path, capsys):
     for seed, best in ((0, 0.60), (1, 0.70)):
-        write_run(sweep / "res_lr", f"cb_s{seed}", [best], None, seed=seed, lr=0.03, **RES)
-    assert make_table.main([str(sweep / "res"), str(sweep / "res_lr"), "--out", str(tmp_path / "t")]) == 0
+        write_run(table_runs / "res_lr", f"cb_s{seed}", [best], None, seed=seed, lr=0.03, **RES)
+    assert make_table.main([str(table_runs / "res"), str(table_runs / "res_lr"), "--out", str(tmp_path / "t")]) == 0
     printed = capsys.readouterr()
     # without --group_by the four cb runs are one cell (mean of 80, 84, 60, 70), and that is said
     assert table_lines(printed.out)[2].startswith(
         f"| Residual PT (MLP1) | 73.5 ± {np.std([80, 84, 60, 70], ddof=1):.1f} (n=4) |")
     assert "cell Residual PT (MLP1) / cb averages runs that differ in lr [0.03, 0.3]: add --group_by lr" in printed.err
 
-    assert make_table.main([str(sweep / "res"), str(sweep / "res_lr"), "--group_by", "lr", "--out",
+    assert make_table.main([str(table_runs / "res"), str(table_runs / "res_lr"), "--group_by", "lr", "--out",
                             str(tmp_path / "g")]) == 0
     printed = capsys.readouterr()
     assert table_lines(printed.out) == [
@@ -156,8 +156,8 @@ def test_group_by_splits_rows_and_mixed_cells_are_warned_about(sweep, tmp_path, 
     assert row["mean_x100"] == pytest.approx(65.0) and row["n"] == 2
 
 
-def test_bad_input_is_refused(sweep, tmp_path, capsys):
-    assert make_table.main([str(sweep), "--group_by", "learning_rate", "--out", str(tmp_path / "t")]) == 2
+def test_bad_input_is_refused(table_runs, tmp_path, capsys):
+    assert make_table.main([str(table_runs), "--group_by", "learning_rate", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--group_by learning_rate: not an argument" in err and "lr" in err
     assert make_table.main([str(tmp_path / "missing"), "--out", str(tmp_path / "t")]) == 2
@@ -177,8 +177,8 @@ def assert_png(path):
     assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 300 and pixels.std() > 0.01
 
 
-def test_curves_are_means_and_stds_over_seeds(sweep, tmp_path, capsys):
-    runs, _ = plot_curves.run_folder.find_runs([sweep])
+def test_curves_are_means_and_stds_over_seeds(table_runs, tmp_path, capsys):
+    runs, _ = plot_curves.run_files.find_runs([table_runs])
     stats = plot_curves.plot_curves(plot_curves.curves_frame(runs, []), ["cb", "rte_superglue"], tmp_path / "c.png")
     pt_cb = stats[(stats["label"] == "PT") & (stats["task"] == "cb")].set_index("epoch")
     assert pt_cb["score_mean"].tolist() == pytest.approx([55.0, 75.0])  # (50, 60, 55) and (70, 75, 80)
@@ -192,18 +192,18 @@ def test_curves_are_means_and_stds_over_seeds(sweep, tmp_path, capsys):
     assert_png(tmp_path / "c.png")
 
 
-def test_plot_script_writes_curves_and_lr_plot(sweep, tmp_path, capsys):
+def test_plot_script_writes_curves_and_lr_plot(table_runs, tmp_path, capsys):
     for seed, best in ((0, 0.60), (1, 0.70)):
-        write_run(sweep / "res_lr", f"cb_s{seed}", [best], None, seed=seed, lr=0.03, **RES)
+        write_run(table_runs / "res_lr", f"cb_s{seed}", [best], None, seed=seed, lr=0.03, **RES)
     out = tmp_path / "plots"
-    assert plot_curves.main([str(sweep), "--out", str(out), "--group_by", "lr"]) == 0
+    assert plot_curves.main([str(table_runs), "--out", str(out), "--group_by", "lr"]) == 0
     printed = capsys.readouterr()
     assert sorted(p.name for p in out.iterdir()) == ["score_vs_lr.png", "val_curves.png"]
     for png in out.iterdir():
         assert_png(png)
     assert "skipped 1 incomplete run(s)" in printed.err and "averages runs that differ" not in printed.err
 
-    runs, _ = plot_curves.run_folder.find_runs([sweep])
+    runs, _ = plot_curves.run_files.find_runs([table_runs])
     df, skipped = plot_curves.lr_frame(runs, "best_val", ["lr"])
     assert skipped == []
     stats = plot_curves.plot_lr(df, ["cb", "rte_superglue"], "best_val", tmp_path / "lr.png")
@@ -214,9 +214,9 @@ def test_plot_script_writes_curves_and_lr_plot(sweep, tmp_path, capsys):
     assert ft["lr"].tolist() == [3e-4] and ft["score_mean"].tolist() == pytest.approx([90.0])
 
 
-def test_no_lr_plot_without_an_lr_sweep(sweep, tmp_path, capsys):
+def test_no_lr_plot_without_an_lr_sweep(table_runs, tmp_path, capsys):
     out = tmp_path / "plots"
-    assert plot_curves.main([str(sweep / "pt"), "--out", str(out)]) == 0
+    assert plot_curves.main([str(table_runs / "pt"), "--out", str(out)]) == 0
     assert [p.name for p in out.iterdir()] == ["val_curves.png"]
     assert "no score_vs_lr.png" in capsys.readouterr().err
     assert_png(out / "val_curves.png")
@@ -225,9 +225,9 @@ def test_no_lr_plot_without_an_lr_sweep(sweep, tmp_path, capsys):
 convergence = load_script("convergence")
 
 
-def test_convergence_means_over_seeds_then_tasks(sweep, tmp_path, capsys):
+def test_convergence_means_over_seeds_then_tasks(table_runs, tmp_path, capsys):
     """Score after each epoch per method; tasks that not every row has (rte: no fine-tuning run) are left out."""
-    assert convergence.main([str(sweep), "--epochs", "1,2", "--out", str(tmp_path / "conv")]) == 0
+    assert convergence.main([str(table_runs), "--epochs", "1,2", "--out", str(tmp_path / "conv")]) == 0
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in table_lines(capsys.readouterr().out)[2:]}
     assert rows["PT"] == ["55.0", "75.0", "2.0"]                  # cb only: seeds (50, 60, 55) and (70, 75, 80)
@@ -237,8 +237,8 @@ def test_convergence_means_over_seeds_then_tasks(sweep, tmp_path, capsys):
     assert set(csv["tasks"]) == {1}
 
 
-def test_convergence_averages_tasks_every_method_has(sweep, capsys):
-    assert convergence.main([str(sweep / "pt"), str(sweep / "res"), "--epochs", "1,2"]) == 0
+def test_convergence_averages_tasks_every_method_has(table_runs, capsys):
+    assert convergence.main([str(table_runs / "pt"), str(table_runs / "res"), "--epochs", "1,2"]) == 0
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table_lines(out)[2:]}
     assert rows["PT"] == ["32.5", "68.5", "2.0"]                  # (55 + 10) / 2, (75 + 62) / 2
@@ -246,10 +246,10 @@ def test_convergence_averages_tasks_every_method_has(sweep, capsys):
     assert "the 2 task(s)" in out
 
 
-def test_convergence_refuses_epochs_no_run_reached(sweep, capsys):
-    assert convergence.main([str(sweep), "--epochs", "3"]) == 2
+def test_convergence_refuses_epochs_no_run_reached(table_runs, capsys):
+    assert convergence.main([str(table_runs), "--epochs", "3"]) == 2
     assert "no run reached epoch 3" in capsys.readouterr().err
-    assert convergence.main([str(sweep), "--epochs", "0,x"]) == 2
+    assert convergence.main([str(table_runs), "--epochs", "0,x"]) == 2
     assert "--epochs" in capsys.readouterr().err
 
 

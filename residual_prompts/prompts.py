@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from errors import ConfigError
+from .errors import ConfigError
+from .res_mlp import build_reparam
 
 TOP_PIECES = 5000  # vocab_top5000: the most frequent pieces (Lester et al. 2021, Sec. 3.2)
 T5_POOL = np.arange(3, 3 + TOP_PIECES)  # T5: ids 0-2 are pad, eos, unk; frequency order starts at 3
@@ -39,6 +40,19 @@ class SoftPrompt(nn.Module):
 
     def __len__(self):
         return self.prompt.shape[0]
+
+    @classmethod
+    def from_config(cls, config, embedding: torch.Tensor, pool=None, tokenizer=None, label_words=()):
+        """The prompt a ResidualPromptConfig describes, for a model whose input embedding table is ``embedding``
+        [V, H]: initialized by ``config.init`` (``pool``: the family's frequency-ordered candidate ids, for
+        vocab_top5000 and class_labels), then its reparameterization built (torch's global RNG, after the prompt).
+        -> (SoftPrompt, the token ids the prompt was read from, or None)."""
+        prompt, ids = init_prompt(config.init, embedding, config.num_virtual_tokens, config.seed, pool=pool,
+                                  tokenizer=tokenizer, label_words=tuple(label_words), path=config.init_path or "")
+        reparam = build_reparam(config.reparameterization or "None", embedding.shape[1], config.num_virtual_tokens,
+                                config.bottleneck, config.nonlinearity, config.layer_norm, config.dropout,
+                                config.residual, config.separate_networks, config.mlp2_shared_weights)
+        return cls(prompt, reparam), ids
 
     def projected(self) -> torch.Tensor:  # [P, H]
         return self.prompt if self.reparam is None else self.reparam(self.prompt)
