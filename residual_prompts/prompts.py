@@ -1,4 +1,4 @@
-"""The soft prompt (ground floor: imports only errors.py): a trainable [P, H] parameter, an optional
+"""The soft prompt (ground floor: imports errors.py and res_mlp.py): a trainable [P, H] parameter, an optional
 reparameterization phi (a res_mlp network, built by the caller), its initializers and its trainable state.
 
 Notation (used in every shape comment of the project): B batch, T source length, P prompt length, H model width
