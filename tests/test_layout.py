@@ -142,11 +142,17 @@ def test_table_scripts_read_runs_without_torch(tmp_path):
 def test_the_wheel_holds_the_package_only(tmp_path):
     """pip builds a wheel holding residual_prompts/ alone: no generic top-level module (models, errors, prompts,
     data_utils...) goes into site-packages."""
+    import shutil
+
+    src = tmp_path / "src"  # a copy: setuptools writes build/ and *.egg-info beside the sources it builds
+    shutil.copytree(ROOT / "residual_prompts", src / "residual_prompts", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                          str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+                          str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=600)
     if out.returncode != 0 and "setuptools" in out.stderr:
         pytest.skip("setuptools is not installed in this environment")
     assert out.returncode == 0, out.stderr[-2000:]
-    wheel = next(tmp_path.glob("residual_prompts-*.whl"))
+    wheel = next((tmp_path / "dist").glob("residual_prompts-*.whl"))
     tops = {Path(n).parts[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not re.search(r"\.dist-info$", t)} == {"residual_prompts"}
