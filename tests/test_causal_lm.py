@@ -1,0 +1,237 @@
+"""Decoder-only language models (residual_prompts/causal_lm.py): detection, PEFT parity on tiny GPT-2 and Llama,
+the residual MLP's projected prompt, right padding and positions, the shared KV cache in evaluation, the library API
+inside transformers.Trainer, train.py's refusals; (slow) a CB run on a tiny Llama through train.py: every output,
+resume after SIGKILL, its PEFT adapter and predict.py.
+
+Tiny random models built here, offline: GPT-2 with a byte-level BPE trained in the test (no pad token, as GPT-2's),
+Llama with conftest's written T5 sentencepiece vocabulary (fast tests) or the real one in ../shared (the run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import data_utils
+import train_utils as tu
+from conftest import FIXTURE_DATA, run_py
+from residual_prompts import ResidualPromptConfig, family_of, get_residual_prompt_model, load_model
+from residual_prompts.causal_lm import PAD, PromptedCausalLM
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
+              pytest.mark.filterwarnings("ignore:.*past_key_values.*:FutureWarning")]
+TASK = data_utils.get_task("cb")
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def fixture_rows(split="train"):
+    return data_utils.build_splits(TASK, str(FIXTURE_DATA))[split]
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A GPT-2-style byte-level BPE (eos = bos = <|endoftext|>, no pad) trained on the fixture rows; the label
+    words are frequent in its corpus, so each is one or two pieces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [data_utils.format_example(TASK, r)[0] for s in ("train", "val") for r in fixture_rows(s)]
+    texts += [" " + " ".join(TASK.label_words)] * 50 + ["the cat is on the mat"] * 5
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def tiny_gpt2(tokenizer, seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=256,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos,
+                                      eos_token_id=eos))
+
+
+def tiny_llama(tokenizer, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                                        eos_token_id=tokenizer.eos_token_id, bos_token_id=None))
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def arch(request, bpe_tokenizer, written_t5_tokenizer):
+    """(name, model factory, tokenizer) of each tiny architecture: absolute positions (GPT-2), rotary (Llama)."""
+    if request.param == "gpt2":
+        tok = bpe_tokenizer
+        PromptedCausalLM.prepare_tokenizer("tiny gpt2", None, tok)  # pad = eos, as load_model does
+        return "gpt2", tiny_gpt2, tok
+    return "llama", tiny_llama, written_t5_tokenizer
+
+
+def wrap(factory, tok, config, seq_len=128, seed=0):
+    model = factory(tok)
+    model.requires_grad_(False)
+    torch.manual_seed(seed)
+    return get_residual_prompt_model(model, config, tok, seq_len=seq_len)
+
+
+def batches(rp, tok, n=1, batch_size=4, split="train"):
+    enc = rp.encode_split(TASK, fixture_rows(split), tok, 128)
+    return [{k: v for k, v in b.items() if k != "rows"}
+            for b in list(tu.make_batches(enc, batch_size, TASK.target_len))[:n]]
+
+
+def hf_inputs(batch, pad_id):
+    """The Hugging Face causal LM batch of a batch, built independently of the wrapper: each row's source then
+    target, right-padded with the tokenizer's pad, labels -100 except at the target."""
+    rows, labels = [], []
+    for s, t in zip(batch["source_ids"].tolist(), batch["target_ids"].tolist()):
+        s, t = [i for i in s if i != PAD], [i for i in t if i != PAD]
+        rows.append(s + t)
+        labels.append([-100] * len(s) + t)
+    n = max(map(len, rows))
+    ids = torch.tensor([r + [pad_id] * (n - len(r)) for r in rows])
+    return {"input_ids": ids, "attention_mask": torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows]),
+            "labels": torch.tensor([lab + [-100] * (n - len(lab)) for lab in labels])}
+
+
+# ---- detection and loading ---------------------------------------------------------------------------------------
+def test_family_of_detects_the_causal_lm_types():
+    from transformers import AutoConfig
+
+    assert {t: family_of(AutoConfig.for_model(t)) for t in ("gpt2", "llama", "qwen2", "mistral", "t5", "bert")} == {
+        "gpt2": "causal_lm", "llama": "causal_lm", "qwen2": "causal_lm", "mistral": "causal_lm", "t5": "t5",
+        "bert": "encoder"}
+    assert family_of(AutoConfig.for_model("bart")) is None  # an encoder-decoder, not T5
+
+
+def test_gpt2_without_pad_token_loads_with_eos_as_pad(bpe_tokenizer, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe_tokenizer.backend_tokenizer, eos_token="<|endoftext|>")
+    assert tok.pad_token_id is None
+    tiny_gpt2(tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model, loaded = load_model(str(tmp_path))
+    assert type(model).__name__ == "GPT2LMHeadModel" and loaded.pad_token_id == loaded.eos_token_id
+
+
+def test_a_model_without_lm_head_is_refused_in_one_line(written_t5_tokenizer):
+    from transformers import LlamaModel
+
+    from residual_prompts import ConfigError
+
+    body = tiny_llama(written_t5_tokenizer).model
+    assert isinstance(body, LlamaModel)
+    with pytest.raises(ConfigError, match="AutoModelForCausalLM") as e:
+        get_residual_prompt_model(body, ResidualPromptConfig(num_virtual_tokens=2), written_t5_tokenizer)
+    assert "\n" not in str(e.value)
+
+
+# ---- the sequence -----------------------------------------------------------------------------------------------
+def test_targets_end_in_eos_and_count_it_even_where_pad_is_eos(arch):
+    name, factory, tok = arch
+    rp = wrap(factory, tok, ResidualPromptConfig(num_virtual_tokens=3))
+    split = rp.encode_split(TASK, fixture_rows(), tok, 128)
+    assert split.pad_id == PAD and all(t[-1] == tok.eos_token_id for t in split.target_ids)
+    assert {rp._strings(torch.tensor([t]))[0] for t in split.target_ids} <= set(TASK.label_words)
+    batch = batches(rp, tok)[0]
+    ids, labels, mask = rp.sequences(batch)
+    for row, lab in zip(ids.tolist(), labels.tolist()):  # right padding; the label run is the target, eos last
+        n = sum(i != PAD for i in row)
+        assert all(i == PAD for i in row[n:]) and lab[n - 1] == tok.eos_token_id
+    assert int(rp.n_targets(batch)) == int((labels != -100).sum())
+
+
+def test_one_step_equals_peft_prompt_tuning(arch):
+    """Network off, the same initial prompt: loss and prompt gradient equal PEFT's PromptTuningConfig(CAUSAL_LM)
+    model's on the same batch (1e-6 relative), GPT-2 (absolute positions) and Llama (rotary)."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    name, factory, tok = arch
+    rp = wrap(factory, tok, ResidualPromptConfig(num_virtual_tokens=5, reparameterization=None))
+    inputs = hf_inputs(batches(rp, tok)[0], tok.pad_token_id)
+    loss = rp(**inputs).loss
+    loss.backward()
+
+    peft_model = get_peft_model(factory(tok), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    emb = peft_model.prompt_encoder["default"].embedding.weight
+    with torch.no_grad():
+        emb.copy_(rp.prompt.detach())
+    out = peft_model(**inputs)
+    out.loss.backward()
+    ours, theirs = float(loss.detach()), float(out.loss.detach())
+    assert abs(theirs - ours) <= 1e-6 * abs(ours)
+    assert rel(emb.grad, rp.prompt.grad) < 1e-6 and float(rp.prompt.grad.abs().max()) > 0
+
+
+def test_mlp1_projected_prompt_is_res_mlps_and_feeds_the_model(arch):
+    from res_mlp import ResMLP
+
+    name, factory, tok = arch
+    rp = wrap(factory, tok, ResidualPromptConfig(num_virtual_tokens=4, reparameterization="MLP1", bottleneck=8))
+    net = ResMLP("MLP1", rp.prompt.shape[1], bottleneck=8)
+    net.load_state_dict(rp.reparam.state_dict())
+    rp.eval()
+    expected = net.eval()(rp.prompt.detach())
+    assert torch.equal(rp.projected_prompt().detach(), expected)
+    assert not torch.equal(expected, rp.prompt.detach())  # the network does something
+    batch = batches(rp, tok)[0]
+    with torch.no_grad():
+        assert float(rp(**hf_inputs(batch, tok.pad_token_id)).loss) == float(rp.loss(batch, expected))
+
+
+def test_a_rows_numbers_do_not_depend_on_its_batch(arch):
+    """Right padding with each row at positions 0..P+n-1: a row scored alone or in a batch of longer and shorter
+    rows gets the same loss (1e-5) and the same greedy prediction."""
+    name, factory, tok = arch
+    rp = wrap(factory, tok, ResidualPromptConfig(num_virtual_tokens=3, reparameterization=None)).eval()
+    with torch.no_grad():
+        rp.prompt.mul_(20)  # far from the vocabulary: predictions differ between rows
+    batch = batches(rp, tok, batch_size=6)[0]
+    prompt = rp.projected_prompt()
+    together = rp.evaluate_batch(batch, prompt, TASK.target_len)
+    for i in range(6):
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        alone = rp.evaluate_batch(one, prompt, TASK.target_len)
+        assert alone[0][0] == together[0][i]
+        assert abs(float(alone[2][0]) - float(together[2][i])) <= 1e-5 * float(alone[2][0])
+
+
+def test_shared_cache_evaluation_equals_the_two_pass_path(arch, monkeypatch):
+    """evaluate_batch (prompt + source once, the KV cache shared by generation and loss) against decode +
+    token_losses (each running the context): identical predictions (so identical predictions_val.jsonl records)
+    and losses within 1e-6 relative."""
+    name, factory, tok = arch
+    rp = wrap(factory, tok, ResidualPromptConfig(num_virtual_tokens=4, bottleneck=8)).eval()
+    with torch.no_grad():
+        rp.prompt.mul_(20)
+    rows = fixture_rows("val")
+    split = rp.encode_split(TASK, rows, tok, 128)
+    shared = tu.evaluate(rp, split, TASK, batch_size=4)
+
+    def two_pass(batch, prompt, max_length, synced=False, chunks=None):
+        dec, tgt = rp.decode(batch, prompt, max_length, synced)
+        return (dec, tgt, *rp.token_losses(batch, prompt))
+
+    monkeypatch.setattr(rp, "evaluate_batch", two_pass)
+    separate = tu.evaluate(rp, split, TASK, batch_size=4)
+    records = [[data_utils.prediction_record(TASK, r, p) for r, p in zip(rows, res["predictions"])]
+               for res in (shared, separate)]
+    assert records[0] == records[1] and len(set(shared["predictions"])) > 1
+    assert shared["score"] == separate["score"]
+    assert abs(shared["loss"] - separate["loss"]) <= 1e-6 * abs(separate["loss"])
