@@ -235,3 +235,136 @@ def test_shared_cache_evaluation_equals_the_two_pass_path(arch, monkeypatch):
     assert records[0] == records[1] and len(set(shared["predictions"])) > 1
     assert shared["score"] == separate["score"]
     assert abs(shared["loss"] - separate["loss"]) <= 1e-6 * abs(separate["loss"])
+
+
+# ---- the library API inside transformers.Trainer -------------------------------------------------------------------
+def test_trainer_steps_equal_train_py_train_steps(written_t5_tokenizer, tmp_path):
+    """transformers.Trainer on get_residual_prompt_model's causal LM wrapper, fed Hugging Face batches (input_ids =
+    source + target, labels -100 but on the target), against train_utils.train_step on train.py's batches: the same
+    losses and prompts (1e-6) after three steps."""
+    from transformers import Trainer, TrainingArguments
+
+    tok = written_t5_tokenizer
+    config = ResidualPromptConfig(num_virtual_tokens=4, reparameterization="MLP1", bottleneck=8)
+    ours = wrap(tiny_llama, tok, config)
+    bs = batches(ours, tok, n=3)
+    opt = tu.build_optimizer("torch_adamw", ours, 0.3, weight_decay=1e-5)
+    ours.train()
+    expected = [float(tu.train_step(ours, opt, b)) for b in bs]
+
+    rp = wrap(tiny_llama, tok, config)
+    seen = []
+    rp.register_forward_hook(lambda m, i, out: seen.append(float(out.loss.detach())))
+
+    class Fixed(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(range(len(bs)))
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=1, learning_rate=0.3,
+                             lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no", report_to="none",
+                             disable_tqdm=True, use_cpu=True, remove_unused_columns=False)
+    optimizer = torch.optim.AdamW(rp.param_groups(0.3), lr=0.3, eps=1e-8, weight_decay=1e-5)
+    Trainer(model=rp, args=args, train_dataset=Fixed(), optimizers=(optimizer, None),
+            data_collator=lambda i: hf_inputs(bs[i[0]], tok.pad_token_id)).train()
+    assert len(seen) == 3 and expected[0] != expected[2]
+    for a, b in zip(seen, expected):
+        assert abs(a - b) <= 1e-6 * abs(b)
+    assert rel(rp.projected_prompt().detach(), ours.projected_prompt().detach()) < 1e-6
+
+
+# ---- train.py ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llama_dir(written_t5_tokenizer, tmp_path_factory):
+    """A tiny random Llama (2 layers, width 16, rotary positions) with the written T5 vocabulary, saved."""
+    out = tmp_path_factory.mktemp("tiny_llama")
+    tiny_llama(written_t5_tokenizer).save_pretrained(out)
+    written_t5_tokenizer.save_pretrained(out)
+    return out
+
+
+def train_args(model_dir, save_dir, name, *extra):
+    return ["--task", "cb", "--data_dir", str(FIXTURE_DATA), "--model_name", str(model_dir), "--prefix_MLP", "MLP1",
+            "--bottleneck_size", "16", "--prefix_len", "4", "--mlp_dropout", "0.1", "--freeze_weights", "1",
+            "--early_stopping", "1", "--get_test_subset", "1", "--num_epochs", "2", "--batch_size", "4",
+            "--lr", "0.3", "--seq_len", "128", "--save_every_steps", "2", "--save_dir", str(save_dir),
+            "--save_name", name, "--progress", "0", *map(str, extra)]
+
+
+@pytest.mark.parametrize("flag", [["--pooling", "mean"], ["--head_lr", "0.01"], ["--compile", "1"],
+                                  ["--save_adapter", "1", "--prefix_len", "0", "--freeze_weights", "0"]])
+def test_train_py_refuses_what_does_not_apply_in_one_line(llama_dir, tmp_path, capsys, flag):
+    import train
+
+    code = train.main(train_args(llama_dir, tmp_path, "r", *flag))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("train.py: error:"), err
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def outcome(run_dir):
+    res = json.loads((run_dir / "results.json").read_text())
+    res.pop("wall_time_s")
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    return (run_dir / "prompt.npy").read_bytes(), ckpt["prompt"].numpy().tobytes(), res
+
+
+def peft_predictions(model_dir, adapter, rows, tok):
+    """Greedy generation by PEFT's own model around the adapter, one row at a time (no padding). use_cache=False:
+    peft 0.21 under transformers 5 reads the cache from "past_key_values", which transformers now passes as "cache",
+    so with a cache PEFT inserts the prompt again before every generated token (docs/DECODERS.md)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter).eval()
+    split = PromptedCausalLM.encode_split(TASK, rows, tok, 128)
+    out = []
+    for ids in split.source_ids:
+        with torch.no_grad():
+            gen = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=TASK.target_len, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 use_cache=False)
+        new = gen[0, len(ids):].tolist()  # generate returns the input, then the new tokens
+        new = new[:new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+        out.append(tok.decode(new, skip_special_tokens=True).strip())
+    return out
+
+
+@pytest.mark.slow
+def test_cb_run_on_tiny_llama_outputs_resume_adapter_predict(llama_dir, written_t5_tokenizer, tmp_path):
+    env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    base = run_py(["train.py", *train_args(llama_dir, tmp_path, "base", "--save_adapter", "auto")], env=env)
+    assert base.returncode == 0, base.stderr[-2000:]
+    run = tmp_path / "base"
+    assert {"args.json", "results.json", "all_results.json", "metrics.jsonl", "score_dict.npy", "prompt.npy",
+            "checkpoint.pt", "predictions_val.jsonl", "predictions_test.jsonl", "adapter"} <= set(os.listdir(run))
+    assert not (run / "train_state.pt").exists()
+    results = json.loads((run / "results.json").read_text())
+    assert results["complete"] and results["family"] == "causal_lm"
+    init_ids = results["prompt_init"]["token_ids"]  # the prompt started as these embedding rows: it moved
+    from transformers import AutoModelForCausalLM
+    emb = AutoModelForCausalLM.from_pretrained(llama_dir).get_input_embeddings().weight.detach()
+    assert not torch.equal(torch.load(run / "checkpoint.pt", weights_only=True)["prompt"], emb[init_ids])
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+
+    # SIGKILL before step 7 of 10 (checkpoints every 2 steps), then the same command: bit-identical
+    args = train_args(llama_dir, tmp_path, "killed")
+    killed = run_py(["tests/fault_runner.py", "kill_at_step:7", "--", *args], env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_py(["train.py", *args], env=env)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr[-2000:]
+    assert outcome(tmp_path / "killed") == outcome(run)
+
+    # PEFT's model around the adapter reproduces the run's predictions, row by row
+    for split in ("val", "test"):
+        records = [json.loads(line) for line in (run / f"predictions_{split}.jsonl").read_text().splitlines()]
+        by_id = {r["idx"]: r for s in ("train", "val") for r in fixture_rows(s)}
+        rows = [by_id[rec["id"]] for rec in records]
+        assert peft_predictions(llama_dir, run / "adapter", rows, written_t5_tokenizer) == [
+            rec["prediction"] for rec in records]
+
+    # predict.py scores the finished run with its best prompt: the same predictions
+    proc = run_py(["scripts/predict.py", str(run), "--out", str(tmp_path / "p.jsonl")], env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = {r["id"]: r["prediction"] for r in map(json.loads, (tmp_path / "p.jsonl").read_text().splitlines())}
+    val = [json.loads(line) for line in (run / "predictions_val.jsonl").read_text().splitlines()]
+    assert all(got[r["id"]] == r["prediction"] for r in val)
