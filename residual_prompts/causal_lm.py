@@ -15,6 +15,7 @@ and its KV cache serves both the greedy generation and the teacher-forced loss o
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 
 import torch
@@ -134,9 +135,29 @@ class PromptedCausalLM(PromptedModel):
         return logits, torch.cat([labels.new_full((labels.shape[0], p), -100), labels], dim=1)
 
     def token_losses(self, batch, prompt=None):
-        """Per example: the sum of the target tokens' cross-entropies and their number ([B], [B])."""
-        logits, labels = self._forward(batch, prompt)
-        return _ce_sums(logits[:, :-1], labels[:, 1:])
+        """Per example: the sum of the target tokens' cross-entropies and their number ([B], [B]). The LM head runs
+        only where a target token is predicted (each row's last source token and its target but the last: [B, L]
+        positions), not over the whole sequence; the same numbers as ``outputs`` (tests)."""
+        ids, labels, mask = self.sequences(batch)
+        s, _ = self._lengths(batch)
+        p = 0 if prompt is None else prompt.shape[0]
+        tgt = batch["target_ids"]
+        at = (p + s - 1)[:, None] + torch.arange(tgt.shape[1], device=tgt.device)  # [B, L]
+        at = at.clamp(max=p + ids.shape[1] - 1)  # a padded target slot past the row's end: its label is -100
+        mask = torch.cat([mask.new_ones(mask.shape[0], p), mask], dim=1)
+        logits = self._logits(dict(inputs_embeds=self._embed(ids, prompt), attention_mask=mask, use_cache=False), at)
+        return _ce_sums(logits, tgt.masked_fill(tgt == PAD, -100))
+
+    def _logits(self, inputs, at):
+        """The model's logits at positions ``at`` [B, K] -> [B, K, V]: the LM head on those positions only
+        (transformers' logits_to_keep), or on every position then gathered where the model does not take it."""
+        with self.autocast():
+            if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+                out = self.model(**inputs, logits_to_keep=at)
+                if out.logits.shape[:2] == at.shape:
+                    return out.logits
+            logits = self.model(**inputs).logits
+        return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
 
     def outputs(self, batch, prompt):
         """-> (mean loss over the target tokens, logits [B, P + N, V])."""
@@ -156,12 +177,17 @@ class PromptedCausalLM(PromptedModel):
         p = 0 if prompt is None else prompt.shape[0]
         mask = torch.cat([ids.new_ones(ids.shape[0], p), (ids != PAD).long()], dim=1)
         positions = torch.arange(p + width, device=src.device).unsqueeze(0).expand(ids.shape[0], -1)
+        kwargs = dict(inputs_embeds=self._embed(ids, prompt), attention_mask=mask, position_ids=positions,
+                      use_cache=True)
+        at = (p + s - 1)[:, None]  # [B, 1]: the LM head on each row's last source token only, where it can
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kwargs["logits_to_keep"] = at
         with self.autocast():
-            out = self.model(inputs_embeds=self._embed(ids, prompt), attention_mask=mask, position_ids=positions,
-                             use_cache=True)
-        last = out.logits[torch.arange(ids.shape[0]), p + s - 1].float()  # [B, V]
+            out = self.model(**kwargs)
+        logits = out.logits if out.logits.shape[1] == 1 else out.logits.gather(
+            1, at[..., None].expand(-1, -1, out.logits.shape[-1]))
         cache = getattr(out, "cache", None)  # transformers >= 5.x; before: past_key_values
-        return last, cache if cache is not None else out.past_key_values, mask, p + s
+        return logits[:, 0].float(), cache if cache is not None else out.past_key_values, mask, p + s
 
     def _step(self, ids, cache, mask, positions):
         """Tokens [B, K] at ``positions`` [B, K] after the cache (grown in place); mask: the whole [B, C + K]."""
@@ -172,8 +198,6 @@ class PromptedCausalLM(PromptedModel):
     @property
     def _cache_arg(self):
         """The forward's name of the KV cache argument: "cache" (transformers >= 5.x), else "past_key_values"."""
-        import inspect
-
         return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     @torch.no_grad()
