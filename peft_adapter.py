@@ -260,7 +260,8 @@ def model_card(run_dir, args, n_tokens, width, base_model, folder_name, family="
     front = ["---", "library_name: peft", *([f"base_model: {base_model}"] if hub else []),
              f"pipeline_tag: {'text2text-generation' if family == 't5' else 'text-generation'}",
              f"datasets:\n- {task.hub[0]}",
-             f"tags:\n- prompt-tuning\n- residual-prompt-tuning\n- {'t5' if family == 't5' else 'causal-lm'}", "---", ""]
+             f"tags:\n- prompt-tuning\n- residual-prompt-tuning\n- {'t5' if family == 't5' else 'causal-lm'}",
+             "---", ""]
     if family != "t5":
         return "\n".join(front) + _causal_card(run_dir, args, n_tokens, width, base_model, folder_name, task, method,
                                                rows, split_note, reparam_text, base_note)

@@ -2,7 +2,8 @@
 family (``family_of``) and the one function that turns a config into a wrapper (``build_model``).
 
 Families: "t5" (T5ForConditionalGeneration, the paper's; t5.py), "encoder" (BERT-style encoders with a head;
-encoder.py) and "causal_lm" (decoder-only language models: GPT-2, Llama, Qwen2, Mistral, ...; causal_lm.py). A new family is one wrapper class (a PromptedModel subclass) plus one entry in FAMILIES.
+encoder.py) and "causal_lm" (decoder-only language models: GPT-2, Llama, Qwen2, Mistral, ...; causal_lm.py).
+A new family is one wrapper class (a PromptedModel subclass) plus one entry in FAMILIES.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ PROBE_TEXT = "the cat is on the mat"  # words every English vocabulary has
 
 # family name -> wrapper class; family_of(config) picks the key
 FAMILIES = {"t5": PromptT5, "encoder": PromptedEncoderClassifier, "causal_lm": PromptedCausalLM}
-SUPPORTED = (f"T5 encoder-decoders (t5-base, google/flan-t5-base, ...), BERT-style encoders ({', '.join(ENCODER_TYPES)}) "
-             f"and decoder-only causal LMs (gpt2, llama, qwen2, mistral, ...)")
+SUPPORTED = (f"T5 encoder-decoders (t5-base, google/flan-t5-base, ...), BERT-style encoders "
+             f"({', '.join(ENCODER_TYPES)}) and decoder-only causal LMs (gpt2, llama, qwen2, mistral, ...)")
 
 
 def family_of(config) -> str | None:

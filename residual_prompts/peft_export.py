@@ -8,7 +8,8 @@ save_pretrained) and it is read back and compared bit for bit.
 
 Where the adapter reproduces the wrapper (the wrapper's PEFT_EXACT): T5 (task type SEQ_2_SEQ_LM,
 num_transformer_submodules 1: the prompt goes before the encoder input, as in PromptT5) and decoder-only LMs
-(CAUSAL_LM: the prompt before the input, as in PromptedCausalLM) give the same numbers. BERT-style encoders (FEATURE_EXTRACTION) do
+(CAUSAL_LM: the prompt before the input, as in PromptedCausalLM) give the same numbers.
+BERT-style encoders (FEATURE_EXTRACTION) do
 not: PEFT puts the prompt before [CLS] and has no head, while the wrapper puts it after [CLS] and trains a head.
 Their adapter carries the prompt for PEFT users; ``load_residual_prompt`` (residual_prompt.pt) is the exact reload.
 

@@ -92,8 +92,8 @@ def main(argv=None):
     same = results["shared"]["predictions"] == results["two-pass"]["predictions"]
     best = {k: min(v) for k, v in times.items()}
     print(f"best of {a.repeats}: shared {best['shared']:.2f} s, two-pass {best['two-pass']:.2f} s, speed-up "
-          f"{best['two-pass'] / best['shared']:.2f}x; predictions identical: {same}; loss {results['shared']['loss']:.6f}"
-          f" vs {results['two-pass']['loss']:.6f}")
+          f"{best['two-pass'] / best['shared']:.2f}x; predictions identical: {same}; loss "
+          f"{results['shared']['loss']:.6f} vs {results['two-pass']['loss']:.6f}")
     return 0 if same else 1
 
 

@@ -320,7 +320,8 @@ def peft_predictions(model_dir, adapter, rows, tok):
     out = []
     for ids in split.source_ids:
         with torch.no_grad():
-            gen = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            gen = model.generate(input_ids=torch.tensor([ids]),
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                  max_new_tokens=TASK.target_len, do_sample=False, pad_token_id=tok.pad_token_id,
                                  use_cache=False)
         new = gen[0, len(ids):].tolist()  # generate returns the input, then the new tokens
