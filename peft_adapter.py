@@ -1,5 +1,7 @@
-"""The PEFT prompt-tuning adapter of a T5 run: written into every finished T5 prompt run's folder (``adapter/``,
-train.py --save_adapter) and by scripts/export_peft.py; pushed to the Hub with train.py --push_to_hub REPO.
+"""The PEFT prompt-tuning adapter of a T5 or causal LM run: written into every finished prompt run's folder of a
+family whose wrapper says PEFT_EXACT (``adapter/``, train.py --save_adapter) and by scripts/export_peft.py; pushed
+to the Hub with train.py --push_to_hub REPO. A causal LM's adapter has task type CAUSAL_LM (prompt before the
+input, docs/DECODERS.md); what follows describes T5's.
 
 The adapter holds the best projected prompt phi(x) [P, H] (checkpoint.pt's ``projected_prompt``, else prompt.npy)
 as PEFT's ``prompt_embeddings`` (PromptTuningConfig, task_type SEQ_2_SEQ_LM, num_virtual_tokens P, token_dim H,

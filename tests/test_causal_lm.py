@@ -237,6 +237,33 @@ def test_shared_cache_evaluation_equals_the_two_pass_path(arch, monkeypatch):
     assert abs(shared["loss"] - separate["loss"]) <= 1e-6 * abs(separate["loss"])
 
 
+def test_hf_batches_left_or_right_padded_give_the_same_loss(arch):
+    """forward's Hugging Face batch: the source is the unmasked positions labelled -100, the target the labelled
+    ones, wherever the padding is; both give train.py's batch loss."""
+    name, factory, tok = arch
+    rp = wrap(factory, tok, ResidualPromptConfig(num_virtual_tokens=3, bottleneck=8)).eval()
+    batch = batches(rp, tok)[0]
+    right = hf_inputs(batch, tok.pad_token_id)
+    n = right["attention_mask"].sum(1)
+    left = {k: torch.stack([torch.roll(v[i], int(v.shape[1] - n[i])) for i in range(len(v))])
+            for k, v in right.items()}  # each row's padding moved to the front
+    assert not torch.equal(left["input_ids"], right["input_ids"])
+    with torch.no_grad():
+        expected = float(rp.loss(batch, rp.projected_prompt()))
+        assert float(rp(**right).loss) == expected and float(rp(**left).loss) == expected
+
+
+def test_bf16_autocast_evaluates(written_t5_tokenizer):
+    """--precision bf16: the frozen model under autocast, the prompt in fp32; evaluation runs and gives the fp32
+    predictions' kind of output (strings per row, a finite loss)."""
+    rp = wrap(tiny_llama, written_t5_tokenizer, ResidualPromptConfig(num_virtual_tokens=3, bottleneck=8))
+    rp.precision = "bf16"
+    split = rp.encode_split(TASK, fixture_rows("val"), written_t5_tokenizer, 128)
+    res = tu.evaluate(rp, split, TASK, batch_size=4)
+    assert len(res["predictions"]) == len(split) and torch.isfinite(torch.tensor(res["loss"]))
+    assert rp.prompt.dtype == torch.float32
+
+
 # ---- the library API inside transformers.Trainer -------------------------------------------------------------------
 def test_trainer_steps_equal_train_py_train_steps(written_t5_tokenizer, tmp_path):
     """transformers.Trainer on get_residual_prompt_model's causal LM wrapper, fed Hugging Face batches (input_ids =
