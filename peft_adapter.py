@@ -46,9 +46,10 @@ def read_run(run_dir):
     # results.json records the family; records older than that field show an encoder by its trained head
     family = results.get("family", "encoder" if (results.get("trainable_params") or {}).get("head") else "t5")
     if not getattr(models.FAMILIES.get(family), "PEFT_EXACT", False):
-        raise AdapterError(f"{run_dir} is a {family} run, whose numbers PEFT's prompt tuning adapter does not "
-                          f"reproduce (an encoder's prompt goes after [CLS] and feeds a head): use its checkpoint.pt "
-                          f"and prompt.npy")
+        kind = ("a BERT-style encoder run (a classification head on [CLS])" if family == "encoder"
+                else f"a {family} run")
+        raise AdapterError(f"{run_dir} is {kind}; PEFT's prompt tuning adapters here are for T5 and causal LM runs "
+                          f"only (whose numbers they reproduce): use its checkpoint.pt and prompt.npy")
     if int(args.get("prefix_len", 0)) == 0:
         model_dir = os.path.join(run_dir, "model")
         raise AdapterError(f"{run_dir} is a full fine-tuning run (--prefix_len 0): it has no prompt to export; its "
@@ -117,8 +118,8 @@ def base_config(name):
     family = models.family_of(config)
     if not getattr(models.FAMILIES.get(family), "PEFT_EXACT", False):
         kind = "a BERT-style encoder" if family == "encoder" else f"a {config.model_type!r} model"
-        raise AdapterError(f"the base model {name!r} is {kind}; PEFT prompt tuning adapters are written for T5 and "
-                           f"causal LM runs only (an encoder run's prompt is in its checkpoint.pt and prompt.npy)")
+        raise AdapterError(f"the base model {name!r} is {kind}; PEFT prompt tuning adapters are written for T5 and causal "
+                           f"LM runs only (an encoder run's prompt is in its checkpoint.pt and prompt.npy)")
     return config, models.FAMILIES[family]
 
 

@@ -138,7 +138,7 @@ class PromptedCausalLM(PromptedModel):
         """Per example: the sum of the target tokens' cross-entropies and their number ([B], [B]). The LM head runs
         only where a target token is predicted (each row's last source token and its target but the last: [B, L]
         positions), not over the whole sequence; the same numbers as ``outputs`` (tests)."""
-        ids, labels, mask = self.sequences(batch)
+        ids, _, mask = self.sequences(batch)
         s, _ = self._lengths(batch)
         p = 0 if prompt is None else prompt.shape[0]
         tgt = batch["target_ids"]
