@@ -368,7 +368,9 @@ tokenizer = AutoTokenizer.from_pretrained("{base_model}")
 model = PeftModel.from_pretrained(base, "{folder_name}").eval()  # the path of this folder
 ids = tokenizer("...", add_special_tokens=False).input_ids  # the task's source text, one row at a time
 with torch.no_grad():
-    out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens={task.target_len}, do_sample=False)
+    # use_cache=False: peft 0.21's cached generation under transformers 5 inserts the prompt before every new token
+    out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens={task.target_len}, do_sample=False,
+                         use_cache=False)
 print(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
 ```
 
