@@ -1,7 +1,7 @@
 """Decoder-only language models (residual_prompts/causal_lm.py): detection, PEFT parity on tiny GPT-2 and Llama,
 the residual MLP's projected prompt, right padding and positions, the shared KV cache in evaluation, the library API
 inside transformers.Trainer, train.py's refusals; (slow) a CB run on a tiny Llama through train.py: every output,
-resume after SIGKILL, its PEFT adapter and predict.py.
+resume after SIGKILL, its PEFT adapter and predict.py; torchrun with two processes against one.
 
 Tiny random models built here, offline: GPT-2 with a byte-level BPE trained in the test (no pad token, as GPT-2's),
 Llama with conftest's written T5 sentencepiece vocabulary (fast tests) or the real one in ../shared (the run).
@@ -396,3 +396,33 @@ def test_cb_run_on_tiny_llama_outputs_resume_adapter_predict(llama_dir, written_
     got = {r["id"]: r["prediction"] for r in map(json.loads, (tmp_path / "p.jsonl").read_text().splitlines())}
     val = [json.loads(line) for line in (run / "predictions_val.jsonl").read_text().splitlines()]
     assert all(got[r["id"]] == r["prediction"] for r in val)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_follow_the_one_process_run(llama_dir, tmp_path):
+    """DDP (gloo, CPU): two processes give the one-process run's step losses and prompt (1e-5) and the same
+    validation metric (every row scored once; the greedy loop runs its whole budget on both ranks)."""
+    import socket
+
+    import numpy as np
+
+    def torchrun(nproc, name):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        args = train_args(llama_dir, tmp_path, name, "--model_dropout", "0", "--mlp_dropout", "0",
+                          "--batch_size", "3", "--eval_batch_size", "4")
+        proc = run_py(["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+                       "--master_port", str(port), "train.py", *args],
+                      env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((tmp_path / name / "results.json").read_text()), np.load(tmp_path / name / "prompt.npy")
+
+    (one, p1), (two, p2) = torchrun(1, "one"), torchrun(2, "two")
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    for a, b in zip(one["train"]["step_losses"], two["train"]["step_losses"]):
+        assert len(a) == len(b) == 7  # ceil(20 / 3)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=0)
+    assert np.linalg.norm(p2 - p1) / np.linalg.norm(p1) < 1e-5
+    assert two["validation"][-1]["metric"] == one["validation"][-1]["metric"]
+    assert two["validation"][-1]["loss"] == pytest.approx(one["validation"][-1]["loss"], rel=1e-5)
