@@ -53,17 +53,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"train.py: error: {message} (see python train.py --help)\n")
 
 
+FAMILIES_HELP = """model families (read from --model_name's config; docs/ENCODERS.md, docs/DECODERS.md):
+  [t5]        T5 encoder-decoders (the paper's): prompt before the encoder input, greedy generation
+  [encoder]   BERT-style encoders: prompt after [CLS], a trained head (--pooling, --head_lr)
+  [causal_lm] decoder-only LMs (GPT-2, Llama, Qwen2, Mistral): prompt before the input, loss on the target,
+              greedy generation
+  Flags marked [family] only are refused (exit 2) for the others; --save_adapter/--push_to_hub: [t5], [causal_lm]."""
+
+
 def build_parser(description: str = "") -> Parser:
-    p = Parser(prog="train.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="train.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog=FAMILIES_HELP)
     a = p.add_argument
     # ---- flags of the original train.py: same names, types and default meaning (0/1 integers are booleans) ----
     a("--save_dir", type=str, default="runs", help="base directory of runs (original flag)")
     a("--save_name", type=str, required=True, help="run folder name inside save_dir (original flag)")
     a("--task", type=str, required=True, help=f"task name (original flag): {', '.join(TASKS)}")
-    a("--model_name", type=str, default="t5-base", help="Hub name or local directory of a T5 checkpoint")
+    a("--model_name", type=str, default="t5-base",
+      help="Hub name or local directory of a checkpoint: [t5] T5 / Flan-T5, [encoder] BERT-style encoder, "
+           "[causal_lm] decoder-only LM (GPT-2, Llama, Qwen2, Mistral, ...); the family is read from its config")
     a("--num_epochs", type=int, default=5, help="training epochs (paper: 20 for prompt tuning, 50 for fine-tuning)")
     a("--batch_size", type=int, default=8, help="training batch size (paper: 8; fine-tuning 4)")
-    a("--seq_len", type=int, default=512, help="max encoder length, prompt included (paper: 512)")
+    a("--seq_len", type=int, default=512,
+      help="max input length, prompt included (paper: 512); [causal_lm] prompt + source + target")
     a("--prefix_len", type=int, default=10, help="prompt length P; 0 = no prompt (full fine-tuning)")
     a("--prefix_path", type=str, default="", help="a .npy [P, H] prompt to start from (= --prompt_init file)")
     a("--lr", type=float, default=0.3, help="learning rate of prompt and model (paper: 0.3; fine-tuning 3e-4)")
@@ -108,10 +120,10 @@ def build_parser(description: str = "") -> Parser:
       help="legacy_adamw = transformers' 2022 AdamW used by the paper; torch_adamw = torch.optim.AdamW")
     a("--mlp_lr", type=float, default=None, help="learning rate of the reparameterization (default: --lr)")
     a("--pooling", type=str, default="auto", choices=["auto", *POOLINGS],
-      help="BERT-style encoders: what the head reads, [CLS] (cls) or the mean of the outputs (mean); auto: the "
+      help="[encoder] only: what the head reads, [CLS] (cls) or the mean of the outputs (mean); auto: the "
            "checkpoint's own (mean for a sentence-transformers folder that says so, else cls)")
     a("--head_lr", type=float, default=None,
-      help="learning rate of an encoder's classification head (default: --lr); BERT-style models only")
+      help="[encoder] only: learning rate of the classification head (default: --lr)")
     a("--weight_decay", type=float, default=1e-5, help="AdamW weight decay (original: fixed 1e-5)")
     a("--model_dropout", type=int, default=1, choices=[0, 1],
       help="1: frozen model in train mode, its dropout active (original, reproduces the paper); 0: eval mode")
@@ -128,12 +140,13 @@ def build_parser(description: str = "") -> Parser:
     a("--precision", type=str, default="fp32", choices=list(PRECISIONS),
       help="autocast dtype of the frozen model (prompt and MLP stay fp32; fp16 uses a GradScaler); changes numbers")
     a("--tf32", type=int, default=0, choices=[0, 1], help="1: TF32 matmuls on Ampere+ GPUs (faster, changes numbers)")
-    a("--compile", type=int, default=0, choices=[0, 1], help="1: torch.compile the T5 encoder (first steps slower)")
+    a("--compile", type=int, default=0, choices=[0, 1],
+      help="[t5] only: torch.compile the T5 encoder (first steps slower)")
     a("--group_by_length", type=int, default=0, choices=[0, 1],
       help="1: batches of similar lengths (less padding, faster); changes the data order, so the numbers")
     a("--fsdp", type=int, default=0, choices=[0, 1],
-      help="1: with torchrun, shard the frozen model's weights over the processes (FSDP2), for models too large "
-           "for one GPU")
+      help="[t5] only: with torchrun, shard the frozen model's weights over the processes (FSDP2), for models "
+           "too large for one GPU")
     a("--progress", type=int, default=None, choices=[0, 1],
       help="tqdm progress bars (default: only when stderr is a terminal; a log file gets one line per epoch)")
     a("--log_every_steps", type=int, default=50,
@@ -141,8 +154,9 @@ def build_parser(description: str = "") -> Parser:
     a("--report_to", type=str, default="none", choices=["none", "tensorboard", "wandb"],
       help="experiment tracking: step loss, lr, every evaluation metric, the arguments as config (lazy imports)")
     a("--save_adapter", type=str, default="auto", choices=["auto", "0", "1"],
-      help="write the best prompt as a PEFT adapter in RUN/adapter/ (PeftModel.from_pretrained): auto = for T5 "
-           "prompt runs when peft is installed; 1 = required (refused where impossible); 0 = never")
+      help="write the best prompt as a PEFT adapter in RUN/adapter/ (PeftModel.from_pretrained): auto = "
+           "for [t5] and [causal_lm] prompt runs when peft is installed; 1 = required (refused where "
+           "impossible); 0 = never")
     a("--push_to_hub", type=str, default=None, metavar="REPO",
       help="after the run, upload RUN/adapter/ to the Hub model repository REPO (needs a token: hf auth login)")
     return p

@@ -1,5 +1,7 @@
-"""The PEFT prompt-tuning adapter of a T5 run: written into every finished T5 prompt run's folder (``adapter/``,
-train.py --save_adapter) and by scripts/export_peft.py; pushed to the Hub with train.py --push_to_hub REPO.
+"""The PEFT prompt-tuning adapter of a T5 or causal LM run: written into every finished prompt run's folder of a
+family whose wrapper says PEFT_EXACT (``adapter/``, train.py --save_adapter) and by scripts/export_peft.py; pushed
+to the Hub with train.py --push_to_hub REPO. A causal LM's adapter has task type CAUSAL_LM (prompt before the
+input, docs/DECODERS.md); what follows describes T5's.
 
 The adapter holds the best projected prompt phi(x) [P, H] (checkpoint.pt's ``projected_prompt``, else prompt.npy)
 as PEFT's ``prompt_embeddings`` (PromptTuningConfig, task_type SEQ_2_SEQ_LM, num_virtual_tokens P, token_dim H,
@@ -32,6 +34,7 @@ ExportError = AdapterError  # the name scripts/export_peft.py used
 def read_run(run_dir):
     """-> (args, projected prompt [P, H] float32 tensor). Refuses what has no prompt or is unfinished."""
     import run_files as rf
+    from residual_prompts import models
 
     paths = {f: os.path.join(run_dir, f) for f in (rf.ARGS, rf.RESULTS, rf.CHECKPOINT, rf.PROMPT)}
     if not (os.path.isfile(paths[rf.ARGS]) and os.path.isfile(paths[rf.RESULTS])):
@@ -41,9 +44,12 @@ def read_run(run_dir):
     if not args or not results:
         raise AdapterError(f"{run_dir}: args.json or results.json is not a run's JSON object; rerun train.py")
     # results.json records the family; records older than that field show an encoder by its trained head
-    if results.get("family", "encoder" if (results.get("trainable_params") or {}).get("head") else "") == "encoder":
-        raise AdapterError(f"{run_dir} is a BERT-style encoder run (a classification head on [CLS]); PEFT's prompt "
-                          f"tuning adapters here are for T5 runs only: use its checkpoint.pt and prompt.npy")
+    family = results.get("family", "encoder" if (results.get("trainable_params") or {}).get("head") else "t5")
+    if not getattr(models.FAMILIES.get(family), "PEFT_EXACT", False):
+        kind = ("a BERT-style encoder run (a classification head on [CLS])" if family == "encoder"
+                else f"a {family} run")
+        raise AdapterError(f"{run_dir} is {kind}; PEFT's prompt tuning adapters here are for T5 and causal LM runs "
+                          f"only (whose numbers they reproduce): use its checkpoint.pt and prompt.npy")
     if int(args.get("prefix_len", 0)) == 0:
         model_dir = os.path.join(run_dir, "model")
         raise AdapterError(f"{run_dir} is a full fine-tuning run (--prefix_len 0): it has no prompt to export; its "
@@ -96,7 +102,8 @@ def _first(e):
 
 
 def base_config(name):
-    """The base model's config; refuses what is not a T5 (or mT5) model."""
+    """-> (the base model's config, its wrapper class); refuses a family whose runs PEFT's adapter does not
+    reproduce (BERT-style encoders)."""
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
@@ -109,11 +116,11 @@ def base_config(name):
         raise AdapterError(f"cannot load the base model {name!r} ({_first(e)}); pass --base_model with a local T5 "
                            f"folder or a reachable Hub name") from None
     family = models.family_of(config)
-    if family != "t5":
+    if not getattr(models.FAMILIES.get(family), "PEFT_EXACT", False):
         kind = "a BERT-style encoder" if family == "encoder" else f"a {config.model_type!r} model"
-        raise AdapterError(f"the base model {name!r} is {kind}; PEFT prompt tuning adapters are written for T5 runs "
-                           f"only (an encoder run's prompt is in its checkpoint.pt and prompt.npy)")
-    return config
+        raise AdapterError(f"the base model {name!r} is {kind}; PEFT prompt tuning adapters are written for T5 and causal "
+                           f"LM runs only (an encoder run's prompt is in its checkpoint.pt and prompt.npy)")
+    return config, models.FAMILIES[family]
 
 
 def export(run_dir, out_dir, base_model=None):
@@ -126,13 +133,15 @@ def export(run_dir, out_dir, base_model=None):
         base_model = resolve_base(base_model)
     else:
         base_model = resolve_base(base_model, search=("."))  # a path given here is relative to the current folder
-    model_config = base_config(base_model)
+    model_config, family = base_config(base_model)
     n_tokens, width = prompt.shape
-    if width != model_config.d_model:
-        raise AdapterError(f"the prompt is {width} wide but the base model {base_model!r} has d_model "
-                           f"{model_config.d_model}; pass --base_model the model the run was trained on")
-    card = model_card(run_dir, args, n_tokens, width, base_model, os.path.basename(os.path.abspath(out_dir)))
-    loaded = write_peft_adapter(out_dir, prompt, model_config, base_model, "SEQ_2_SEQ_LM", readme=card)
+    model_width = getattr(model_config, "d_model", None) or model_config.hidden_size
+    if width != model_width:
+        raise AdapterError(f"the prompt is {width} wide but the base model {base_model!r} has width "
+                           f"{model_width}; pass --base_model the model the run was trained on")
+    card = model_card(run_dir, args, n_tokens, width, base_model, os.path.basename(os.path.abspath(out_dir)),
+                      family.FAMILY)
+    loaded = write_peft_adapter(out_dir, prompt, model_config, base_model, family.PEFT_TASK_TYPE, readme=card)
     return loaded, base_model
 
 
@@ -225,8 +234,9 @@ def _input_text(task):
                                                                                          "... *he* ...")  # wsc
 
 
-def model_card(run_dir, args, n_tokens, width, base_model, folder_name):
-    """README.md of the adapter: what it is, its scores, how it was trained, how to use it."""
+def model_card(run_dir, args, n_tokens, width, base_model, folder_name, family="t5"):
+    """README.md of the adapter: what it is, its scores, how it was trained, how to use it (``family``: "t5" or
+    "causal_lm", the wrapper's FAMILY)."""
     import data_utils
     import run_files as rf
 
@@ -248,11 +258,16 @@ def model_card(run_dir, args, n_tokens, width, base_model, folder_name):
     few_shot = "" if k == -1 else f" (few-shot: {k} per class)"
     answers = (", ".join(f"`{w}`" for w in task.label_words) if task.label_words else
                "a number" if task.formatter == "stsb" else "an entity" if task.formatter == "record" else "a word")
-    front = ["---", "library_name: peft", *([f"base_model: {base_model}"] if hub else []),
-             "pipeline_tag: text2text-generation", f"datasets:\n- {task.hub[0]}",
-             "tags:\n- prompt-tuning\n- residual-prompt-tuning\n- t5", "---", ""]
     base_note = ("" if hub else f"\n`{base_model}` is a local folder of the machine that exported the adapter: "
                  f"elsewhere, load your copy of that model and pass it as `base` below.\n")
+    front = ["---", "library_name: peft", *([f"base_model: {base_model}"] if hub else []),
+             f"pipeline_tag: {'text2text-generation' if family == 't5' else 'text-generation'}",
+             f"datasets:\n- {task.hub[0]}",
+             f"tags:\n- prompt-tuning\n- residual-prompt-tuning\n- {'t5' if family == 't5' else 'causal-lm'}",
+             "---", ""]
+    if family != "t5":
+        return "\n".join(front) + _causal_card(run_dir, args, n_tokens, width, base_model, folder_name, task, method,
+                                               rows, split_note, reparam_text, base_note)
     return "\n".join(front) + f"""
 # {method} soft prompt for `{task.name}`
 
@@ -307,6 +322,62 @@ To reproduce the run's numbers, feed exactly what training fed: the text of `dat
 `{task.name}`, tokenized with exactly one `</s>` (`data_utils.encode_batch`),
 cut to seq_len - P = {args["seq_len"]} - {n_tokens} = {keep} tokens (training cut [prompt; input] to {args["seq_len"]});
 greedy decoding of {task.target_len - 1} new tokens. PEFT cuts nothing by itself.
+
+Exported by `scripts/export_peft.py` from the run folder `{os.path.basename(os.path.abspath(run_dir))}`.
+"""
+
+
+def _causal_card(run_dir, args, n_tokens, width, base_model, folder_name, task, method, rows, split_note,
+                 reparam_text, base_note):
+    """The model card's body for a decoder-only LM's run (task type CAUSAL_LM, prompt before the input)."""
+    return f"""
+# {method} soft prompt for `{task.name}`
+
+A soft prompt of {n_tokens} tokens x {width} for the frozen causal language model `{base_model}`, trained with
+{method} ([Residual Prompt Tuning](https://arxiv.org/abs/2305.03937), Razdaibiedina et al., Findings of ACL 2023)
+on the task `{task.name}`, stored as a PEFT prompt tuning adapter (`PROMPT_TUNING`, `CAUSAL_LM`, prepended to the
+input). It holds the best projected prompt φ(x); the reparameterization used in training is not needed at inference.
+{base_note}
+## Scores
+
+Score x 100; {split_note}.
+
+| split | score | metrics |
+|---|---|---|
+""" + "\n".join(rows) + f"""
+
+## Training
+
+- method: {method}; prompt length {n_tokens}; reparameterization: {reparam_text}
+- learning rate {args.get('lr')}, batch size {args.get('batch_size')}, epochs {args.get('num_epochs')}, \
+seed {args.get('seed')}; sequence length (prompt, source and target): {args.get('seq_len')} tokens
+
+```bash
+{train_command(args)}
+```
+
+## Use
+
+```python
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{base_model}")
+tokenizer = AutoTokenizer.from_pretrained("{base_model}")
+model = PeftModel.from_pretrained(base, "{folder_name}").eval()  # the path of this folder
+ids = tokenizer("...", add_special_tokens=False).input_ids  # the task's source text, one row at a time
+with torch.no_grad():
+    # use_cache=False: peft 0.21's cached generation under transformers 5 inserts the prompt before every new token
+    out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens={task.target_len}, do_sample=False,
+                         use_cache=False)
+print(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+```
+
+To reproduce the run's numbers, feed what training fed, one row at a time (no padding): the source text of
+`data_utils.format_example` without " </s>", after the tokenizer's bos where it has one distinct from eos
+(`residual_prompts.causal_lm.PromptedCausalLM.encode_split`); greedy decoding of {task.target_len} new tokens,
+cut at the first eos.
 
 Exported by `scripts/export_peft.py` from the run folder `{os.path.basename(os.path.abspath(run_dir))}`.
 """

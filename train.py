@@ -156,9 +156,9 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     # ---- model and optimizer (and the state to continue from) ----
     model, tokenizer = models.load_model(args.model_name)
     wrapper, prompt_ids = models.build_model(model, tokenizer, args, task)
-    if (args.save_adapter == "1" or args.push_to_hub is not None) and wrapper.FAMILY != "t5":
-        raise ConfigError(f"--save_adapter 1 / --push_to_hub: PEFT prompt tuning adapters hold T5 prompts only; "
-                          f"{args.model_name} is a BERT-style encoder (its prompt and head are in checkpoint.pt)")
+    if (args.save_adapter == "1" or args.push_to_hub is not None) and not wrapper.PEFT_EXACT:
+        raise ConfigError(f"--save_adapter 1 / --push_to_hub: PEFT's prompt tuning adapter does not reproduce a "
+                          f"{wrapper.FAMILY} run; {args.model_name}'s prompt (and head) are in checkpoint.pt")
     train, val, test = (None if splits.get(s) is None else wrapper.encode_split(
         task, splits[s], tokenizer, args.seq_len, splits.get(f"{s}_groups"), splits.get(f"{s}_official_groups"))
         for s in ("train", "val", "test"))
@@ -226,7 +226,7 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
         folder.write_all_results(write_results(history, final=final, complete=True))
         folder.finish()
     print(f"done: {task.name}{_summary(history, final)} -> {folder.path}")
-    if dist.is_main and wrapper.FAMILY == "t5" and args.prefix_len > 0:
+    if dist.is_main and wrapper.PEFT_EXACT and args.prefix_len > 0:
         return _adapter(args, folder)
     return 0
 
@@ -281,8 +281,9 @@ def _summary(history, final):
 
 def _place(args, wrapper, device, dist):
     """Device, sharding, TF32 and compilation: decided once, here."""
-    if (args.fsdp or args.compile) and wrapper.FAMILY != "t5":
-        raise ConfigError(f"--fsdp and --compile are implemented for T5 models only: drop them for {args.model_name}")
+    if (args.fsdp or args.compile) and not wrapper.FSDP_COMPILE:
+        raise ConfigError(f"--fsdp and --compile are implemented for T5 models only: drop them for {args.model_name} "
+                          f"(a {wrapper.FAMILY} model)")
     wrapper.to(device)
     if args.fsdp:
         distributed.shard_frozen_model(wrapper.model, device, dist.world)

@@ -62,6 +62,8 @@ class PromptedModel(nn.Module):
 
     FAMILY: str = ""  # models.FAMILIES key
     PEFT_TASK_TYPE: str = ""  # the PEFT TaskType of the adapter save_pretrained writes
+    PEFT_EXACT: bool = False  # PEFT's adapter reproduces this wrapper's numbers: a run folder gets one (adapter/)
+    FSDP_COMPILE: bool = False  # train.py's --fsdp and --compile are implemented for this family
     accepts_loss_kwargs = False  # transformers.Trainer: forward returns a batch mean (scale it for accumulation)
 
     def __init__(self, model, tokenizer, soft_prompt=None, seq_len=512, precision="fp32"):
@@ -72,6 +74,14 @@ class PromptedModel(nn.Module):
         self.seq_len, self.precision = seq_len, precision
         self.pad_id = tokenizer.pad_token_id if tokenizer is not None else model.config.pad_token_id
         self.prompt_config, self.prompt_ids = None, None  # set by models.wrap: the ResidualPromptConfig, the init's ids
+
+    @staticmethod
+    def prepare_tokenizer(name, config, tokenizer) -> None:
+        """models.load_model's check of a loaded tokenizer for this family (batches are padded with its pad id,
+        which must be the model's); a family may set what it lacks instead. ConfigError on failure."""
+        if tokenizer.pad_token_id is None or tokenizer.pad_token_id != config.pad_token_id:
+            raise ConfigError(f"{name}: the tokenizer's pad id ({tokenizer.pad_token_id}) is not the model's "
+                              f"({config.pad_token_id}); fix pad_token in the tokenizer or config files")
 
     # ---- the Hugging Face front door ------------------------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, labels=None, source_ids=None, target_ids=None):

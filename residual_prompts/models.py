@@ -1,8 +1,9 @@
 """Loading a frozen model and building its prompted wrapper (middle floor): the one place that decides a model's
 family (``family_of``) and the one function that turns a config into a wrapper (``build_model``).
 
-Families: "t5" (T5ForConditionalGeneration, the paper's; t5.py) and "encoder" (BERT-style encoders with a head;
-encoder.py). A new family is one wrapper class (a PromptedModel subclass) plus one entry in FAMILIES.
+Families: "t5" (T5ForConditionalGeneration, the paper's; t5.py), "encoder" (BERT-style encoders with a head;
+encoder.py) and "causal_lm" (decoder-only language models: GPT-2, Llama, Qwen2, Mistral, ...; causal_lm.py).
+A new family is one wrapper class (a PromptedModel subclass) plus one entry in FAMILIES.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .base import PRECISIONS, EncodedSplit, PromptedModel  # noqa: F401  (re-exp
 from .config import ResidualPromptConfig
 from .encoder import (ENCODER_TYPES, POOLINGS, STSB_RANGE, PromptedEncoderClassifier, check_task,  # noqa: F401
                       frequent_ids, is_regression, max_positions)
+from .causal_lm import PromptedCausalLM
 from .errors import ConfigError
 from .prompts import SoftPrompt
 from .t5 import PromptT5
@@ -24,17 +26,24 @@ TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt", "vocab.json", 
 PROBE_TEXT = "the cat is on the mat"  # words every English vocabulary has
 
 # family name -> wrapper class; family_of(config) picks the key
-FAMILIES = {"t5": PromptT5, "encoder": PromptedEncoderClassifier}
+FAMILIES = {"t5": PromptT5, "encoder": PromptedEncoderClassifier, "causal_lm": PromptedCausalLM}
+SUPPORTED = (f"T5 encoder-decoders (t5-base, google/flan-t5-base, ...), BERT-style encoders "
+             f"({', '.join(ENCODER_TYPES)}) and decoder-only causal LMs (gpt2, llama, qwen2, mistral, ...)")
 
 
 def family_of(config) -> str | None:
     """The model family of a transformers config: "t5" (t5, mt5), "encoder" (the encoder-only types of
-    ENCODER_TYPES), or None (not supported). The one family test of the project."""
+    ENCODER_TYPES), "causal_lm" (any other decoder-only type AutoModelForCausalLM loads: gpt2, llama, qwen2,
+    mistral, ...), or None (not supported). The one family test of the project."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     if config.model_type in ("t5", "mt5") and getattr(config, "is_encoder_decoder", True):
         return "t5"
-    if not getattr(config, "is_encoder_decoder", False) and config.model_type in ENCODER_TYPES:
+    if getattr(config, "is_encoder_decoder", False):
+        return None
+    if config.model_type in ENCODER_TYPES:
         return "encoder"
-    return None
+    return "causal_lm" if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else None
 
 
 def is_encoder_only(config) -> bool:
@@ -83,9 +92,8 @@ def load_model(name):
                           f"directory with config.json, weights and tokenizer files") from None
     family = family_of(config)
     if family is None:
-        raise ConfigError(f"--model_name {name} is a {config.model_type!r} model; train.py tunes prompts for T5 "
-                          f"encoder-decoders (t5-base, google/flan-t5-base, ...) and BERT-style encoders "
-                          f"({', '.join(ENCODER_TYPES)})")
+        raise ConfigError(f"--model_name {name} is a {config.model_type!r} model; train.py tunes prompts for "
+                          f"{SUPPORTED}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = FAMILIES[family].load_pretrained(name)
@@ -95,9 +103,7 @@ def load_model(name):
         raise ConfigError(f"cannot load model {name!r} ({why}); offline, pass --model_name a local "
                           f"directory with config.json, weights and tokenizer files") from None
     _check_loaded(name, config, tokenizer)
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id != config.pad_token_id:
-        raise ConfigError(f"{name}: the tokenizer's pad id ({tokenizer.pad_token_id}) is not the model's "
-                          f"({config.pad_token_id}); fix pad_token in the tokenizer or config files")
+    FAMILIES[family].prepare_tokenizer(name, config, tokenizer)
     return model, tokenizer
 
 
@@ -143,9 +149,10 @@ def build_model(model, tokenizer, args, task) -> tuple[PromptedModel, np.ndarray
     freeze_model(model, bool(args.freeze_weights), args.freeze_except)
     family = family_of(model.config)
     pooling = getattr(args, "pooling", "auto")
-    if family != "encoder" and (pooling != "auto" or getattr(args, "head_lr", None) is not None):
-        raise ConfigError("--pooling and --head_lr are for BERT-style encoders (a head on the encoder's output); "
-                          "T5 answers with its own LM head: drop them")
+    if "head" not in FAMILIES.get(family, PromptT5).EXTRA_PARTS and (
+            pooling != "auto" or getattr(args, "head_lr", None) is not None):
+        raise ConfigError(f"--pooling and --head_lr are for BERT-style encoders (a head on the encoder's output); "
+                          f"this {family} model answers with its own LM head: drop them")
     if args.prefix_len == 0 and not FAMILIES.get(family, PromptT5).EXTRA_PARTS and not any(
             p.requires_grad for p in model.parameters()):
         raise ConfigError("--prefix_len 0 --freeze_weights 1 trains nothing: use --freeze_weights 0 "
@@ -169,7 +176,7 @@ def get_residual_prompt_model(model, config: ResidualPromptConfig | None, tokeni
     family = family_of(model.config)
     if family is None:
         raise ConfigError(f"a {model.config.model_type!r} model is not supported: residual prompts are built for "
-                          f"T5 encoder-decoders and BERT-style encoders ({', '.join(ENCODER_TYPES)})")
+                          f"{SUPPORTED}")
     cls = FAMILIES[family]
     soft_prompt, ids = None, None
     if config is not None:

@@ -6,8 +6,10 @@ After training, the reparameterization is discarded: inference needs only the pr
 writes it (get_peft_model around the base architecture built on the meta device, no weights loaded, then
 save_pretrained) and it is read back and compared bit for bit.
 
-Where the adapter reproduces the wrapper: T5 (task type SEQ_2_SEQ_LM, num_transformer_submodules 1: the prompt goes
-before the encoder input, as in PromptT5) gives the same numbers. BERT-style encoders (FEATURE_EXTRACTION) do
+Where the adapter reproduces the wrapper (the wrapper's PEFT_EXACT): T5 (task type SEQ_2_SEQ_LM,
+num_transformer_submodules 1: the prompt goes before the encoder input, as in PromptT5) and decoder-only LMs
+(CAUSAL_LM: the prompt before the input, as in PromptedCausalLM) give the same numbers.
+BERT-style encoders (FEATURE_EXTRACTION) do
 not: PEFT puts the prompt before [CLS] and has no head, while the wrapper puts it after [CLS] and trains a head.
 Their adapter carries the prompt for PEFT users; ``load_residual_prompt`` (residual_prompt.pt) is the exact reload.
 
@@ -41,10 +43,11 @@ def peft_model_for(model_config, base_name: str, n_tokens: int, task_type: str):
     """PEFT's prompt-tuning model around the base architecture built on the meta device (no weights: only the
     prompt embedding, moved to the CPU, holds data)."""
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
-    from transformers import AutoModel, T5ForConditionalGeneration
+    from transformers import AutoModel, AutoModelForCausalLM, T5ForConditionalGeneration
 
     with torch.device("meta"):
         base = (T5ForConditionalGeneration(model_config) if task_type == "SEQ_2_SEQ_LM"
+                else AutoModelForCausalLM.from_config(model_config) if task_type == "CAUSAL_LM"
                 else AutoModel.from_config(model_config))
     base.name_or_path = base_name  # what PEFT records as base_model_name_or_path
     width = getattr(model_config, "d_model", None) or model_config.hidden_size

@@ -14,6 +14,8 @@ class PromptT5(PromptedModel):
     cut to ``seq_len`` tokens, as in the original (a source that fills seq_len loses its last P tokens)."""
     FAMILY = "t5"
     PEFT_TASK_TYPE = "SEQ_2_SEQ_LM"
+    PEFT_EXACT = True  # prompt before the encoder input only, as PEFT's (num_transformer_submodules 1)
+    FSDP_COMPILE = True
 
     @staticmethod
     def load_pretrained(name):
