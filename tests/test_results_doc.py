@@ -20,6 +20,9 @@ def _copy_repo(dst: Path) -> None:
     for path in ROOT.glob("*.py"):
         shutil.copy2(path, dst / path.name)
     shutil.copytree(ROOT / "scripts", dst / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    if (ROOT / "residual_prompts").is_dir():  # the library package the top-level modules import
+        shutil.copytree(ROOT / "residual_prompts", dst / "residual_prompts",
+                        ignore=shutil.ignore_patterns("__pycache__"))
     (dst / "docs").mkdir()
     shutil.copy2(ROOT / "docs" / "RESULTS.md", dst / "docs" / "RESULTS.md")
     shutil.copytree(ROOT / "docs" / "results", dst / "docs" / "results")

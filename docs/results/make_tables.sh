@@ -31,7 +31,7 @@ python scripts/plot_curves.py $LR --metric test --group_by lr --out $T/lr > /dev
 python - $LR > $T/near_constant.md <<'PY'
 import json, pathlib, sys
 sys.path.insert(0, ".")
-from run_folder import method_label
+from run_files import method_label
 rows = []
 for d in sys.argv[1:]:
     a = json.loads(pathlib.Path(d, "args.json").read_text()); r = json.loads(pathlib.Path(d, "results.json").read_text())
