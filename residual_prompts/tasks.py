@@ -88,7 +88,8 @@ _REGISTRY = [
          hub_rename=(("question", "text1"), ("sentence", "text2"))),
     Task(name="rte", benchmark="glue", hub=_GLUE + ("rte",), local_dir="RTE", keys=("sentence1", "sentence2"),
          label_words=_NLI2, target_len=5, k_rule="small"),
-    # differs from original: it had no label words and no target length for wnli and crashed on every row;
+    # differs from original: it had no label words and no target length for wnli, and failed before reading any row
+    # (a KeyError on task_to_target_len in PromptTuner's constructor);
     # GLUE's ids are 0 not_entailment, 1 entailment, and we use rte's target length.
     Task(name="wnli", benchmark="glue", hub=_GLUE + ("wnli",), local_dir="WNLI", keys=("sentence1", "sentence2"),
          label_words=("not_entailment", "entailment"), target_len=5),
