@@ -273,3 +273,36 @@ def test_after_exit_75_the_hint_warns_about_overwrite(ws, tiny_t5_dir):
     args = base_args(tiny_t5_dir, ws) + ["--save_name", "ow", "--batch_size", "1", "--overwrite", "1"]
     stopped = run_py(["tests/fault_runner.py", "term_at_step:2", "--", *args], env=ENV)
     assert stopped.returncode == 75 and "WITHOUT --overwrite 1" in stopped.stderr
+
+
+# ---- a stop at any moment (tests/fault_runner.py stop_in:PHASE:SIGNAL) ------------------------------------------
+# (phase, signal, exit code): every signal in several phases; 75 until the run is complete, 0 from then on
+STOP_PHASES = [("imports", signal.SIGTERM, 75), ("model_load", signal.SIGUSR1, 75), ("data_load", signal.SIGINT, 75),
+               ("resume_restore", signal.SIGTERM, 75), ("training", signal.SIGUSR1, 75),
+               ("evaluation", signal.SIGINT, 75), ("final_save", signal.SIGTERM, 0),
+               ("adapter_export", signal.SIGUSR1, 0), ("shutdown", signal.SIGINT, 0), ("teardown", signal.SIGTERM, 0)]
+
+
+@pytest.mark.parametrize("phase, sig, code", STOP_PHASES, ids=[f"{p}-{s.name}" for p, s, _ in STOP_PHASES])
+def test_a_stop_in_any_phase_exits_75_resumable_or_0_complete(tiny_t5_anywhere, fixture_data_dir, tmp_path, phase,
+                                                                sig, code):
+    """The signal lands inside the phase, inside code that catches Exception: never 1, 2 or a signal death; 75
+    leaves a folder the same command continues, 0 a complete run; the advice never names --overwrite."""
+    args = ["--task", "cb", "--data_dir", fixture_data_dir, "--model_name", tiny_t5_anywhere, "--freeze_weights",
+            "1", "--num_epochs", "1", "--batch_size", "4", "--save_dir", tmp_path, "--save_name", "run",
+            "--progress", "0", "--save_adapter", "auto" if phase == "adapter_export" else "0"]
+    folder = tmp_path / "run"
+    if phase == "resume_restore":
+        first = run_py(["tests/fault_runner.py", "term_at_step:2", "--", *args], env=ENV)
+        assert first.returncode == 75 and (folder / "train_state.pt").exists(), first.stderr[-2000:]
+    proc = run_py(["tests/fault_runner.py", f"stop_in:{phase}:{sig.name}", "--", *args], env=ENV)
+    assert f"fault_runner: {sig.name} in {phase}" in proc.stderr, proc.stderr[-2000:]  # delivered in the phase
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "raised" not in proc.stderr and "--overwrite" not in proc.stderr
+    if code == 75:
+        again = run_py(["train.py", *args], env=ENV)
+        assert again.returncode == 0, again.stderr[-2000:]
+    results = json.loads((folder / "results.json").read_text())
+    assert results["complete"] is True and not (folder / "train_state.pt").exists()
+    if phase == "adapter_export":
+        assert (folder / "adapter" / "adapter_config.json").is_file()
