@@ -121,6 +121,43 @@ def read_json(path, required=False):
     return {}
 
 
+# args.json keys the scripts read -> the JSON types train.py writes for them (run_problem checks them)
+ARG_TYPES = {"task": (str,), "model_name": (str,), "prefix_len": (int,), "seq_len": (int,), "batch_size": (int,),
+             "num_epochs": (int,), "prefix_MLP": (str,), "freeze_weights": (int,), "lr": (int, float)}
+
+
+def run_problem(args: dict, results: dict) -> str | None:
+    """Why a finished run's records cannot be vouched for (one phrase), or None: args.json's keys of the wrong
+    type, a results.json whose arguments differ from args.json's (two runs mixed in one folder), non-finite or
+    non-numeric scores. The one check make_table.py, plot_curves.py, predict.py, export_peft.py and train.py's
+    adapter apply to what they read."""
+    for key, types in ARG_TYPES.items():
+        value = args.get(key)
+        if key in args and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"args.json holds {key} {value!r} (a {type(value).__name__})"
+    if not isinstance(results.get("args", {}), dict):
+        return "results.json's args is not an object"
+    if not isinstance(results.get("task") or args.get("task"), str):
+        return "neither results.json nor args.json names its task"
+    history = results.get("validation", [])
+    if not isinstance(history, list) or not all(isinstance(e, dict) and isinstance(e.get("epoch"), int)
+                                                for e in history):
+        return "results.json's validation is not a list of {epoch, score, ...} entries"
+    if not isinstance(results.get("train", {}), dict) or not isinstance(results.get("norms", {}), dict):
+        return "results.json's train or norms is not an object"
+    recorded = results.get("args") or {}
+    diff = differing_args(recorded, {k: v for k, v in args.items() if k in recorded})
+    if diff:
+        return f"results.json records other arguments than args.json ({diff[0]})"
+    for where, value in (("best_val_score", results.get("best_val_score")),
+                         ("test.score", (results.get("test") or {}).get("score")
+                          if isinstance(results.get("test") or {}, dict) else "?")):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value)):
+            return f"results.json's {where} is {value!r}, not a finite number"
+    return None
+
+
 def differing_args(saved: dict, current: dict) -> list[str]:
     """The run-defining arguments whose values differ: '--lr 0.3 (saved) != 0.1 (now)'."""
     keys = sorted((set(saved) | set(current)) - NOT_DEFINING)
@@ -183,10 +220,12 @@ def task_rank(task: str) -> tuple:
     return (order.index(task), task) if task in order else (len(order), task)
 
 
-def find_runs(paths) -> tuple[list[Run], list[str]]:
+def find_runs(paths, refused: list | None = None) -> tuple[list[Run], list[str]]:
     """Every run directory under ``paths`` (recursive; a path may be a run directory itself), each once.
     Returns (complete runs sorted by path, paths of incomplete runs: results.json says complete false or is
-    unreadable). A missing path raises FileNotFoundError."""
+    unreadable). A complete run whose records cannot be vouched for (run_problem) is neither: it goes to
+    ``refused`` as 'path: why' (given a list; else among the incomplete). A missing path raises
+    FileNotFoundError."""
     found = set()
     for root in paths:
         if not os.path.isdir(root):
@@ -197,21 +236,27 @@ def find_runs(paths) -> tuple[list[Run], list[str]]:
                 found.add(os.path.realpath(d))
     runs, incomplete = [], []
     for d in sorted(found):
-        try:
-            with open(os.path.join(d, "args.json")) as f:
-                args = json.load(f)
-            with open(os.path.join(d, "results.json")) as f:
-                results = json.load(f)
-        except (OSError, ValueError):
+        args, results = read_json(os.path.join(d, ARGS)), read_json(os.path.join(d, RESULTS))
+        if not args or not is_complete(results):
             incomplete.append(d)
             continue
-        (runs.append(Run(d, args, results)) if is_complete(results) else incomplete.append(d))
+        problem = run_problem(args, results)
+        if problem:
+            (refused if refused is not None else incomplete).append(f"{d}: {problem}" if refused is not None else d)
+            continue
+        runs.append(Run(d, args, results))
     return runs, incomplete
 
 
 def score(run: Run, metric: str) -> float | None:
     """The run's score for --metric (best_val: best_val_score; test: test.score; the norm ratios of METRICS), or
-    None where it has none."""
+    None where it has none, or none that is a finite number (a table counts in n only what its mean counts)."""
+    value = _score(run, metric)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def _score(run: Run, metric: str):
     if metric == "best_val":
         return run.results.get("best_val_score")
     if metric == "wall_time_s":
@@ -219,8 +264,12 @@ def score(run: Run, metric: str) -> float | None:
     if metric in ("norm_ratio", "branch_ratio"):
         norms = run.results.get("norms") or {}
         num, den = ("projected", "embedding") if metric == "norm_ratio" else ("phi", "prompt")
-        return norms[num] / norms[den] if norms.get(num) is not None and norms.get(den) else None
-    return (run.results.get("test") or {}).get("score")
+        try:
+            return norms[num] / norms[den] if norms.get(num) is not None and norms.get(den) else None
+        except (TypeError, ZeroDivisionError, AttributeError):
+            return None
+    test = run.results.get("test") or {}
+    return test.get("score") if isinstance(test, dict) else None
 
 
 def check_group_by(runs: list[Run], group_by: list[str]) -> None:
@@ -258,7 +307,11 @@ def load_runs(paths, group_by_text: str, prog: str):
     """What make_table.py and plot_curves.py start with: (complete runs, the --group_by keys). Incomplete runs are
     named in a warning on stderr; no complete run, or an unknown --group_by key, raises ValueError."""
     group_by = [g for g in group_by_text.split(",") if g]
-    runs, incomplete = find_runs(paths)
+    refused = []
+    runs, incomplete = find_runs(paths, refused)
+    if refused:
+        print(f"{prog}: warning: refused {len(refused)} run(s) whose records cannot be vouched for (fix or retrain "
+              f"them): {'; '.join(refused)}", file=sys.stderr)
     if not runs:
         raise ValueError(f"no complete run (a folder with args.json and results.json whose complete is true) "
                          f"under {', '.join(paths)}")

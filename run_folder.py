@@ -27,7 +27,8 @@ from residual_prompts.base import PARTS
 from residual_prompts.errors import ConfigError
 from run_files import *  # noqa: F401,F403  (the file names, the complete decision and the readers, re-exported)
 from run_files import (ADAPTER_DIR, ALL_RESULTS, ARGS, CHECKPOINT, LOCK, METRICS_LOG, MODEL_DIR, OUTPUTS, PROMPT,
-                       RESULTS, SCORES, TRAIN_STATE, all_results, differing_args, is_complete, read_json)
+                       RESULTS, SCORES, TRAIN_STATE, all_results, differing_args, is_complete, read_json,
+                       run_problem)
 from train_utils import History, TrainState
 
 _UMASK = os.umask(0)
@@ -134,6 +135,53 @@ def load_train_state(path) -> dict:
     if problem:
         raise ConfigError(f"{path} is not a training state of this program ({problem}): pass --overwrite 1 to "
                           f"start over")
+    problem = _state_inconsistency(obj)
+    if problem:  # a checkpoint is written only after finite losses, within its --num_epochs: this one is corrupt
+        raise ConfigError(f"{path} is a corrupt checkpoint ({problem}): remove it (or pass --overwrite 1) to start "
+                          f"the run over")
+    return obj
+
+
+def _state_inconsistency(obj) -> str | None:
+    """What no train_state.pt of ours holds: an epoch past its --num_epochs, a history of another length, a NaN."""
+    epochs = obj["args"].get("num_epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool):
+        return f"its args hold num_epochs {epochs!r}"
+    if obj["epoch"] > epochs:
+        return f"epoch {obj['epoch']} is past its --num_epochs {epochs}"
+    losses = obj["history"].get("train_loss")
+    if not isinstance(losses, list) or len(losses) != obj["epoch"]:
+        return f"epoch {obj['epoch']} with a history of {len(losses) if isinstance(losses, list) else '?'} epochs"
+    where = nonfinite_tensor({k: obj[k] for k in ("trainable", "best", "optimizer")})
+    return f"{where} holds NaN or inf" if where else None
+
+
+def nonfinite_tensor(obj, where="") -> str | None:
+    """The path of the first floating-point tensor in ``obj`` (nested dicts, lists) holding NaN or inf, or None."""
+    if isinstance(obj, torch.Tensor):
+        return where or "a tensor" if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = nonfinite_tensor(value, f"{where}[{key!r}]" if where else repr(key))
+        if found:
+            return found
+    return None
+
+
+def load_checkpoint(path) -> dict:
+    """A finished run's checkpoint.pt (weights_only), checked: a dict whose tensors are finite, whose
+    projected_prompt is a [P, H] tensor or None; ConfigError naming the file otherwise."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torn, foreign, pickled objects, unreadable
+        raise ConfigError(f"cannot read {path} ({type(e).__name__}): it is not a checkpoint of this program; "
+                          f"retrain the run") from None
+    prompt = obj.get("projected_prompt", "absent") if isinstance(obj, dict) else "absent"
+    if not (prompt is None or isinstance(prompt, torch.Tensor) and prompt.ndim == 2 and prompt.is_floating_point()):
+        raise ConfigError(f"{path} is not a checkpoint of this program (no [P, H] projected_prompt): retrain the run")
+    where = nonfinite_tensor(obj)
+    if where:
+        raise ConfigError(f"{path} is a corrupt checkpoint ({where} holds NaN or inf): retrain the run")
     return obj
 
 
@@ -369,9 +417,12 @@ def load_run(path, model_name=None, device="cpu"):
     results = read_json(os.path.join(path, RESULTS), required=True)
     if not is_complete(results):
         raise ConfigError(f"{path} is not a finished run (results.json says complete: {results.get('complete')})")
+    problem = run_problem(args, results)
+    if problem:
+        raise ConfigError(f"{path}: {problem}: retrain the run (or restore its files)")
     if not os.path.isfile(os.path.join(path, CHECKPOINT)):
         raise ConfigError(f"{path} is not a finished run folder (it has no {CHECKPOINT}): {fix}")
-    ckpt = torch.load(os.path.join(path, CHECKPOINT), map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(os.path.join(path, CHECKPOINT))
     name = model_name or (os.path.join(path, MODEL_DIR) if os.path.isdir(os.path.join(path, MODEL_DIR))
                           else args["model_name"])
     model, tokenizer = models.load_model(name)

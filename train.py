@@ -203,6 +203,10 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
                               f"{saved['data_fingerprint'][:12]} != {fingerprint[:12]}): use the same --data_dir "
                               f"files, or --overwrite 1 to start over")
         state, spent = rf.restore_train_state(saved, wrapper, optimizer, scaler)
+        if state.step >= tu.num_batches(len(train), args.batch_size):
+            raise ConfigError(f"{folder.file(rf.TRAIN_STATE)} is a corrupt checkpoint (step {state.step} of an epoch "
+                              f"of {tu.num_batches(len(train), args.batch_size)} steps): remove it (or pass "
+                              f"--overwrite 1) to start the run over")
         print(f"resuming {folder.path} at epoch {state.epoch}, step {state.step}")
     arg_dict = vars(args).copy()
     if dist.is_main:
