@@ -28,6 +28,7 @@ from residual_prompts.tasks import TASKS
 ARGS, RESULTS, SCORES, PROMPT, CHECKPOINT = "args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"
 TRAIN_STATE, MODEL_DIR, LOCK, ADAPTER_DIR = "train_state.pt", "model", ".lock", "adapter"
 METRICS_LOG, ALL_RESULTS = "metrics.jsonl", "all_results.json"  # transformers-style outputs beside results.json
+TENSORBOARD_DIR, PREDICTIONS = "tensorboard", "predictions_{split}.jsonl"
 OUTPUTS = (RESULTS, CHECKPOINT, PROMPT, SCORES, TRAIN_STATE)  # files that make a folder a run's
 # Arguments that do not define a run: they may change when a run is resumed (another machine, paths, logging,
 # speed options that do not change numbers). The one list: resume checks and sweep tables both use it.
@@ -85,6 +86,20 @@ def all_results(results: dict) -> dict:
             flat[f"{prefix}_score"], flat[f"{prefix}_loss"] = entry["score"], entry["loss"]
             flat.update({f"{prefix}_{k}": v for k, v in (entry.get("official") or {}).items()})
     return flat
+
+
+def run_outputs(path) -> list[str]:
+    """The names of every output of a run present in the folder ``path``, results.json first (a folder never
+    claims a result whose files are half gone): what --overwrite removes before the new run writes anything.
+    args.json stays (it is rewritten), and so do the lock and files that are not a run's."""
+    try:
+        present = set(os.listdir(path))
+    except OSError:
+        return []
+    prefix, suffix = PREDICTIONS.split("{split}")
+    names = [RESULTS, *OUTPUTS, METRICS_LOG, ALL_RESULTS, MODEL_DIR, ADAPTER_DIR, TENSORBOARD_DIR]
+    names += sorted(n for n in present if n.startswith(prefix) and n.endswith(suffix))
+    return [n for n in dict.fromkeys(names) if n in present]
 
 
 # ---- the "complete" decision, in one place ---------------------------------------------------------------------
