@@ -156,8 +156,9 @@ def run_problem(args: dict, results: dict) -> str | None:
         return "neither results.json nor args.json names its task"
     history = results.get("validation", [])
     if not isinstance(history, list) or not all(isinstance(e, dict) and isinstance(e.get("epoch"), int)
+                                                and _number_or_none(e, "score") and _number_or_none(e, "loss")
                                                 for e in history):
-        return "results.json's validation is not a list of {epoch, score, ...} entries"
+        return "results.json's validation is not a list of {epoch, score, loss, ...} entries with finite numbers"
     if not isinstance(results.get("train", {}), dict) or not isinstance(results.get("norms", {}), dict):
         return "results.json's train or norms is not an object"
     recorded = results.get("args") or {}
@@ -171,6 +172,11 @@ def run_problem(args: dict, results: dict) -> str | None:
                                   or not math.isfinite(value)):
             return f"results.json's {where} is {value!r}, not a finite number"
     return None
+
+
+def _number_or_none(entry: dict, key: str) -> bool:
+    value = entry.get(key, "absent")
+    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def differing_args(saved: dict, current: dict) -> list[str]:
