@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -112,13 +113,36 @@ def is_complete(results: dict, args: dict | None = None) -> bool:
 
 
 def run_status(path) -> str:
-    """complete | failed (diverged: results.json holds an error) | partial | missing."""
+    """complete | running (a process holds the folder's lock) | failed (diverged: results.json holds an error) |
+    partial | missing."""
     results = read_json(os.path.join(path, RESULTS))
     if is_complete(results):
         return "complete"
+    if lock_holder(path):
+        return "running"
     if results.get("error"):
         return "failed"
     return "partial" if os.path.isdir(path) and set(os.listdir(path)) - {LOCK} else "missing"
+
+
+def lock_holder(path) -> str | None:
+    """'pid N on host H' when a process holds the run folder's lock (a run writes it now), else None."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(path, LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_json(path, required=False):
