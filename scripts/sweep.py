@@ -110,6 +110,8 @@ def _coerce(flag, value, flags, where):
         return None
     if isinstance(value, (list, dict)):
         raise SweepError(f"{where}: {flag} must be a single value here, got {value!r} (lists go in grid)")
+    if re.search(r"[\x00-\x1f\x7f]", str(value)):
+        raise SweepError(f"{where}: {flag} {value!r} holds a control character (a newline?): remove it")
     action = flags[flag]
     kind = action.type or str
     try:
@@ -216,6 +218,9 @@ def apply_sets(spec, sets, path):
                 spec["grid"][key] = [v for v in value.split(",") if v != ""]
             else:
                 spec["fixed"][key] = value
+    for key, value in spec["sbatch"].items():  # checked for every command, not only when written
+        if value is not None:
+            _directive(key, value, path)
     return spec
 
 
@@ -693,6 +698,8 @@ def _directive(key, value, path):
     """An #SBATCH value: one scalar, as text (quoted where written)."""
     if isinstance(value, (dict, list, bool)) or not isinstance(value, (str, int, float)):
         raise SweepError(f"{path}: sbatch.{key} must be a single value, got {value!r}")
+    if re.search(r"[\x00-\x1f\x7f]", str(value)):
+        raise SweepError(f"{path}: sbatch.{key} holds a control character (a newline?): remove it")
     return str(value)
 
 

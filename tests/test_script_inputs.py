@@ -149,3 +149,79 @@ def test_lock_and_log_are_plain_files_never_followed(tmp_path, name, kind):
     assert not t.is_alive(), "claiming the folder blocked"
     assert name in result["error"] and "\n" not in result["error"]
     assert target.read_text() == "mine" and os.path.lexists(d / name)
+
+
+# ---- sweep.py: the sweep file, the run list, the generated script -------------------------------------------------
+FIXED = "fixed: {task: cb, model_name: t5-small, num_epochs: 1}\n"
+BAD_SWEEPS = {  # file name -> text; every one a bad input
+    "grid_scalar.yaml": FIXED + "grid: {lr: 5}\n",
+    "grid_key.yaml": FIXED + "grid: {5: [1]}\n",
+    "fixed_list.yaml": "fixed: [1]\n",
+    "fixed_value.yaml": "fixed: {task: cb, num_epochs: [1, 2]}\n",
+    "fixed_type.yaml": "fixed: {task: cb, lr: abc}\n",
+    "methods_value.yaml": FIXED + "methods: {a: 5}\n",
+    "tie_scalar.yaml": FIXED + "tie: 3\n",
+    "name_list.yaml": "name: [1]\n" + FIXED,
+    "run_name_list.yaml": "run_name: [1]\n" + FIXED,
+    "sbatch_list.yaml": FIXED + "sbatch: {time: [1]}\n",
+    "sbatch_newline.yaml": FIXED + 'sbatch: {time: "1:00\\necho injected"}\n',
+    "value_newline.yaml": 'fixed: {task: cb, model_name: t5-small, data_dir: "a\\nb"}\n',
+    "top_list.json": "[1]",
+    "torn.json": '{"fixed": {"task": "cb"',
+    "binary.yaml": None,
+    "torn.runs": "a\tpython train.py --lr '0.3\n",
+    "foreign.runs": "a\tbash rm.sh\n",
+}
+
+
+@pytest.mark.parametrize("command", ["list", "sbatch"])
+@pytest.mark.parametrize("name", list(BAD_SWEEPS))
+def test_sweep_files_of_the_wrong_type_or_shape_are_one_line_errors(sweep, tmp_path, capsys, command, name):
+    path = tmp_path / name
+    text = BAD_SWEEPS[name]
+    path.write_bytes(b"\xff\xfe\x00bad" if text is None else text.encode())
+    if command == "sbatch" and name.endswith(".runs"):
+        command = "status"
+    argv = [command, str(path)] + (["-o", str(tmp_path / "out" / "job.sbatch")] if command == "sbatch" else [])
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sweep.py: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")  # nothing written
+
+
+@pytest.mark.parametrize("name", ["s.yaml", "s.runs"])
+def test_sweep_refuses_a_fifo_instead_of_blocking_on_it(sweep, tmp_path, capsys, name):
+    os.mkfifo(tmp_path / name)
+    assert sweep.main(["list", str(tmp_path / name)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_sbatch_values_are_quoted(sweep, tmp_path, capsys):
+    path = tmp_path / "q.yaml"
+    path.write_text(FIXED + 'sbatch: {time: "1:00; touch pwned", comment: "a b"}\n')
+    assert sweep.main(["sbatch", str(path), "-o", str(tmp_path / "job.sbatch")]) == 0
+    lines = (tmp_path / "job.sbatch").read_text().splitlines()
+    assert "#SBATCH --time='1:00; touch pwned'" in lines and "#SBATCH --comment='a b'" in lines
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def test_a_locked_run_folder_is_running_not_failed(sweep, tmp_path):
+    """After a kill -9 of sweep.py its children go on training: their folders are locked, and the rerun reports
+    them as running (naming the holder), neither starting a second train.py into them nor calling them failed."""
+    import fcntl
+
+    import run_files
+
+    folder = tmp_path / "runs" / "r0"
+    folder.mkdir(parents=True)
+    (folder / "args.json").write_text("{}")
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.write("pid 4242 on host node7\n")
+        f.flush()
+        assert run_files.run_status(str(folder)) == "running"
+        assert run_files.lock_holder(str(folder)) == "pid 4242 on host node7"
+        reason = sweep.skip_reason({"name": "r0", "argv": ["--task", "cb", "--save_dir", str(tmp_path / "runs"),
+                                                           "--save_name", "r0"]})
+        assert reason.startswith("running") and "pid 4242 on host node7" in reason
+    assert run_files.run_status(str(folder)) == "partial" and run_files.lock_holder(str(folder)) is None
