@@ -12,10 +12,9 @@ import os
 import threading
 from argparse import Namespace
 
-import numpy as np
 import pytest
 
-from conftest import ROOT, run_py
+from conftest import ROOT, run_py  # noqa: F401
 
 ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
 
