@@ -198,16 +198,7 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     state, spent = tu.TrainState(), 0.0
     if mode == "resume":
-        if saved.get("data_fingerprint") not in (None, fingerprint):
-            raise ConfigError(f"the data differs from the data {folder.path} was trained on (fingerprint "
-                              f"{saved['data_fingerprint'][:12]} != {fingerprint[:12]}): use the same --data_dir "
-                              f"files, or --overwrite 1 to start over")
-        state, spent = rf.restore_train_state(saved, wrapper, optimizer, scaler)
-        if state.step >= tu.num_batches(len(train), args.batch_size):
-            raise ConfigError(f"{folder.file(rf.TRAIN_STATE)} is a corrupt checkpoint (step {state.step} of an epoch "
-                              f"of {tu.num_batches(len(train), args.batch_size)} steps): remove it (or pass "
-                              f"--overwrite 1) to start the run over")
-        print(f"resuming {folder.path} at epoch {state.epoch}, step {state.step}")
+        state, spent = _resume(args, folder, saved, fingerprint, (wrapper, optimizer, scaler), len(train))
     arg_dict = vars(args).copy()
     if dist.is_main:
         folder.start(arg_dict) if mode == "fresh" else folder.write_args(arg_dict)
@@ -267,6 +258,21 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
         if dist.is_main and wrapper.PEFT_EXACT and args.prefix_len > 0:
             return _adapter(args, folder)
     return 0
+
+
+def _resume(args, folder, saved, fingerprint, parts, n_train):
+    """The loaded train_state.pt put back into (wrapper, optimizer, scaler): (TrainState, seconds spent)."""
+    if saved.get("data_fingerprint") not in (None, fingerprint):
+        raise ConfigError(f"the data differs from the data {folder.path} was trained on (fingerprint "
+                          f"{saved['data_fingerprint'][:12]} != {fingerprint[:12]}): use the same --data_dir "
+                          f"files, or --overwrite 1 to start over")
+    state, spent = rf.restore_train_state(saved, *parts)
+    steps = tu.num_batches(n_train, args.batch_size)
+    if state.step >= steps:
+        raise ConfigError(f"{folder.file(rf.TRAIN_STATE)} is a corrupt checkpoint (step {state.step} of an epoch "
+                          f"of {steps} steps): remove it (or pass --overwrite 1) to start the run over")
+    print(f"resuming {folder.path} at epoch {state.epoch}, step {state.step}")
+    return state, spent
 
 
 def _adapter_kind(folder):
