@@ -191,7 +191,7 @@ def nonfinite_tensor(obj, where="") -> str | None:
         return where or "a tensor" if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for key, value in items:
-        found = nonfinite_tensor(value, f"{where}[{key!r}]" if where else repr(key))
+        found = nonfinite_tensor(value, f"{where}[{key!r}]" if where else str(key))
         if found:
             return found
     return None
