@@ -14,7 +14,7 @@ from argparse import Namespace
 
 import pytest
 
-from conftest import ROOT, run_py  # noqa: F401
+from conftest import ROOT
 
 ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
 
