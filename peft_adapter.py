@@ -57,14 +57,22 @@ def read_run(run_dir):
     if not rf.is_complete(results):
         raise AdapterError(f"{run_dir} is not finished (results.json complete is not true): run its train.py command "
                           f"again to complete it, then export")
-    import numpy as np
+    problem = rf.run_problem(args, results)
+    if problem:
+        raise AdapterError(f"{run_dir}: {problem}: retrain the run (or restore its files)")
     import torch
 
+    import run_folder
+
     prompt = None
-    if os.path.isfile(paths[rf.CHECKPOINT]):
-        prompt = torch.load(paths[rf.CHECKPOINT], map_location="cpu", weights_only=True)["projected_prompt"]
+    try:
+        if os.path.isfile(paths[rf.CHECKPOINT]):
+            prompt = run_folder.load_checkpoint(paths[rf.CHECKPOINT])["projected_prompt"]
+        if os.path.isfile(paths[rf.PROMPT]):
+            npy = torch.from_numpy(_load_npy(paths[rf.PROMPT]))
+    except rf.ConfigError as e:
+        raise AdapterError(str(e)) from None
     if os.path.isfile(paths[rf.PROMPT]):
-        npy = torch.from_numpy(np.load(paths[rf.PROMPT], allow_pickle=False))
         if prompt is not None and not torch.equal(prompt.float(), npy.float()):
             raise AdapterError(f"{run_dir}: checkpoint.pt's projected_prompt and prompt.npy differ; the folder mixes "
                               f"two runs: retrain it")
@@ -76,6 +84,20 @@ def read_run(run_dir):
         raise AdapterError(f"{run_dir}: the prompt has shape {list(prompt.shape)}, expected [prefix_len, H] with "
                           f"prefix_len {args['prefix_len']}")
     return args, prompt
+
+
+def _load_npy(path):
+    """prompt.npy: a finite 2-D float array (no pickles), else ConfigError naming it."""
+    import numpy as np
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise AdapterError(f"cannot read {path} ({type(e).__name__}): it is not a prompt.npy of this program; "
+                           f"retrain the run") from None
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or array.dtype.kind != "f" or not np.isfinite(array).all():
+        raise AdapterError(f"{path} is not a finite [P, H] float array: retrain the run")
+    return array
 
 
 def check_out_dir(out_dir):

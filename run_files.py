@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from residual_prompts.tasks import TASKS
 ARGS, RESULTS, SCORES, PROMPT, CHECKPOINT = "args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"
 TRAIN_STATE, MODEL_DIR, LOCK, ADAPTER_DIR = "train_state.pt", "model", ".lock", "adapter"
 METRICS_LOG, ALL_RESULTS = "metrics.jsonl", "all_results.json"  # transformers-style outputs beside results.json
+TENSORBOARD_DIR, PREDICTIONS = "tensorboard", "predictions_{split}.jsonl"
 OUTPUTS = (RESULTS, CHECKPOINT, PROMPT, SCORES, TRAIN_STATE)  # files that make a folder a run's
 # Arguments that do not define a run: they may change when a run is resumed (another machine, paths, logging,
 # speed options that do not change numbers). The one list: resume checks and sweep tables both use it.
@@ -87,6 +89,20 @@ def all_results(results: dict) -> dict:
     return flat
 
 
+def run_outputs(path) -> list[str]:
+    """The names of every output of a run present in the folder ``path``, results.json first (a folder never
+    claims a result whose files are half gone): what --overwrite removes before the new run writes anything.
+    args.json stays (it is rewritten), and so do the lock and files that are not a run's."""
+    try:
+        present = set(os.listdir(path))
+    except OSError:
+        return []
+    prefix, suffix = PREDICTIONS.split("{split}")
+    names = [RESULTS, *OUTPUTS, METRICS_LOG, ALL_RESULTS, MODEL_DIR, ADAPTER_DIR, TENSORBOARD_DIR]
+    names += sorted(n for n in present if n.startswith(prefix) and n.endswith(suffix))
+    return [n for n in dict.fromkeys(names) if n in present]
+
+
 # ---- the "complete" decision, in one place ---------------------------------------------------------------------
 def is_complete(results: dict, args: dict | None = None) -> bool:
     """A run is complete when its results.json says ``"complete": true`` and, given the run's args.json, records
@@ -97,13 +113,36 @@ def is_complete(results: dict, args: dict | None = None) -> bool:
 
 
 def run_status(path) -> str:
-    """complete | failed (diverged: results.json holds an error) | partial | missing."""
+    """complete | running (a process holds the folder's lock) | failed (diverged: results.json holds an error) |
+    partial | missing."""
     results = read_json(os.path.join(path, RESULTS))
     if is_complete(results):
         return "complete"
+    if lock_holder(path):
+        return "running"
     if results.get("error"):
         return "failed"
     return "partial" if os.path.isdir(path) and set(os.listdir(path)) - {LOCK} else "missing"
+
+
+def lock_holder(path) -> str | None:
+    """'pid N on host H' when a process holds the run folder's lock (a run writes it now), else None."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(path, LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_json(path, required=False):
@@ -119,6 +158,49 @@ def read_json(path, required=False):
         raise ConfigError(f"{path} is not a JSON object of this program's: pass --overwrite 1 to start over, or "
                           f"choose another --save_name")
     return {}
+
+
+# args.json keys the scripts read -> the JSON types train.py writes for them (run_problem checks them)
+ARG_TYPES = {"task": (str,), "model_name": (str,), "prefix_len": (int,), "seq_len": (int,), "batch_size": (int,),
+             "num_epochs": (int,), "prefix_MLP": (str,), "freeze_weights": (int,), "lr": (int, float)}
+
+
+def run_problem(args: dict, results: dict) -> str | None:
+    """Why a finished run's records cannot be vouched for (one phrase), or None: args.json's keys of the wrong
+    type, a results.json whose arguments differ from args.json's (two runs mixed in one folder), non-finite or
+    non-numeric scores. The one check make_table.py, plot_curves.py, predict.py, export_peft.py and train.py's
+    adapter apply to what they read."""
+    for key, types in ARG_TYPES.items():
+        value = args.get(key)
+        if key in args and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"args.json holds {key} {value!r} (a {type(value).__name__})"
+    if not isinstance(results.get("args", {}), dict):
+        return "results.json's args is not an object"
+    if not isinstance(results.get("task") or args.get("task"), str):
+        return "neither results.json nor args.json names its task"
+    history = results.get("validation", [])
+    if not isinstance(history, list) or not all(isinstance(e, dict) and isinstance(e.get("epoch"), int)
+                                                and _number_or_none(e, "score") and _number_or_none(e, "loss")
+                                                for e in history):
+        return "results.json's validation is not a list of {epoch, score, loss, ...} entries with finite numbers"
+    if not isinstance(results.get("train", {}), dict) or not isinstance(results.get("norms", {}), dict):
+        return "results.json's train or norms is not an object"
+    recorded = results.get("args") or {}
+    diff = differing_args(recorded, {k: v for k, v in args.items() if k in recorded})
+    if diff:
+        return f"results.json records other arguments than args.json ({diff[0]})"
+    for where, value in (("best_val_score", results.get("best_val_score")),
+                         ("test.score", (results.get("test") or {}).get("score")
+                          if isinstance(results.get("test") or {}, dict) else "?")):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value)):
+            return f"results.json's {where} is {value!r}, not a finite number"
+    return None
+
+
+def _number_or_none(entry: dict, key: str) -> bool:
+    value = entry.get(key, "absent")
+    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def differing_args(saved: dict, current: dict) -> list[str]:
@@ -183,10 +265,12 @@ def task_rank(task: str) -> tuple:
     return (order.index(task), task) if task in order else (len(order), task)
 
 
-def find_runs(paths) -> tuple[list[Run], list[str]]:
+def find_runs(paths, refused: list | None = None) -> tuple[list[Run], list[str]]:
     """Every run directory under ``paths`` (recursive; a path may be a run directory itself), each once.
     Returns (complete runs sorted by path, paths of incomplete runs: results.json says complete false or is
-    unreadable). A missing path raises FileNotFoundError."""
+    unreadable). A complete run whose records cannot be vouched for (run_problem) is neither: it goes to
+    ``refused`` as 'path: why' (given a list; else among the incomplete). A missing path raises
+    FileNotFoundError."""
     found = set()
     for root in paths:
         if not os.path.isdir(root):
@@ -197,21 +281,27 @@ def find_runs(paths) -> tuple[list[Run], list[str]]:
                 found.add(os.path.realpath(d))
     runs, incomplete = [], []
     for d in sorted(found):
-        try:
-            with open(os.path.join(d, "args.json")) as f:
-                args = json.load(f)
-            with open(os.path.join(d, "results.json")) as f:
-                results = json.load(f)
-        except (OSError, ValueError):
+        args, results = read_json(os.path.join(d, ARGS)), read_json(os.path.join(d, RESULTS))
+        if not args or not is_complete(results):
             incomplete.append(d)
             continue
-        (runs.append(Run(d, args, results)) if is_complete(results) else incomplete.append(d))
+        problem = run_problem(args, results)
+        if problem:
+            (refused if refused is not None else incomplete).append(f"{d}: {problem}" if refused is not None else d)
+            continue
+        runs.append(Run(d, args, results))
     return runs, incomplete
 
 
 def score(run: Run, metric: str) -> float | None:
     """The run's score for --metric (best_val: best_val_score; test: test.score; the norm ratios of METRICS), or
-    None where it has none."""
+    None where it has none, or none that is a finite number (a table counts in n only what its mean counts)."""
+    value = _score(run, metric)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def _score(run: Run, metric: str):
     if metric == "best_val":
         return run.results.get("best_val_score")
     if metric == "wall_time_s":
@@ -219,8 +309,12 @@ def score(run: Run, metric: str) -> float | None:
     if metric in ("norm_ratio", "branch_ratio"):
         norms = run.results.get("norms") or {}
         num, den = ("projected", "embedding") if metric == "norm_ratio" else ("phi", "prompt")
-        return norms[num] / norms[den] if norms.get(num) is not None and norms.get(den) else None
-    return (run.results.get("test") or {}).get("score")
+        try:
+            return norms[num] / norms[den] if norms.get(num) is not None and norms.get(den) else None
+        except (TypeError, ZeroDivisionError, AttributeError):
+            return None
+    test = run.results.get("test") or {}
+    return test.get("score") if isinstance(test, dict) else None
 
 
 def check_group_by(runs: list[Run], group_by: list[str]) -> None:
@@ -258,7 +352,11 @@ def load_runs(paths, group_by_text: str, prog: str):
     """What make_table.py and plot_curves.py start with: (complete runs, the --group_by keys). Incomplete runs are
     named in a warning on stderr; no complete run, or an unknown --group_by key, raises ValueError."""
     group_by = [g for g in group_by_text.split(",") if g]
-    runs, incomplete = find_runs(paths)
+    refused = []
+    runs, incomplete = find_runs(paths, refused)
+    if refused:
+        print(f"{prog}: warning: refused {len(refused)} run(s) whose records cannot be vouched for (fix or retrain "
+              f"them): {'; '.join(refused)}", file=sys.stderr)
     if not runs:
         raise ValueError(f"no complete run (a folder with args.json and results.json whose complete is true) "
                          f"under {', '.join(paths)}")

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import socket
+import stat
 import tempfile
 
 import numpy as np
@@ -26,8 +27,9 @@ import torch
 from residual_prompts.base import PARTS
 from residual_prompts.errors import ConfigError
 from run_files import *  # noqa: F401,F403  (the file names, the complete decision and the readers, re-exported)
-from run_files import (ADAPTER_DIR, ALL_RESULTS, ARGS, CHECKPOINT, LOCK, METRICS_LOG, MODEL_DIR, OUTPUTS, PROMPT,
-                       RESULTS, SCORES, TRAIN_STATE, all_results, differing_args, is_complete, read_json)
+from run_files import (ALL_RESULTS, ARGS, CHECKPOINT, LOCK, METRICS_LOG, MODEL_DIR, OUTPUTS, PROMPT,
+                       PREDICTIONS, RESULTS, SCORES, TENSORBOARD_DIR, TRAIN_STATE, all_results, differing_args,
+                       is_complete, read_json, run_outputs, run_problem)
 from train_utils import History, TrainState
 
 _UMASK = os.umask(0)
@@ -57,6 +59,34 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def open_regular(path, flags) -> int:
+    """os.open for the files a run appends to or locks: never through a symbolic link (O_NOFOLLOW), never a FIFO,
+    device or folder (opened without blocking, then checked); ConfigError naming the path otherwise."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666 & ~_UMASK)
+    except OSError as e:
+        what = "a symbolic link" if e.errno == errno.ELOOP else e.strerror
+        raise ConfigError(f"{path} is {what}: a run folder's files must be plain files; remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file (a FIFO, device or folder): remove it")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _drop_torn_line(fd):
+    """Truncate an appended log after its last complete line (a kill can cut the last one short)."""
+    size = os.fstat(fd).st_size
+    start = max(0, size - 65536)
+    tail = os.pread(fd, size - start, start)
+    if not tail or tail.endswith(b"\n"):
+        return
+    cut = tail.rfind(b"\n")
+    if cut < 0 and start:
+        cut, start = os.pread(fd, size, 0).rfind(b"\n"), 0
+    os.ftruncate(fd, start + cut + 1)
 
 
 def save_json(path, obj):
@@ -134,6 +164,53 @@ def load_train_state(path) -> dict:
     if problem:
         raise ConfigError(f"{path} is not a training state of this program ({problem}): pass --overwrite 1 to "
                           f"start over")
+    problem = _state_inconsistency(obj)
+    if problem:  # a checkpoint is written only after finite losses, within its --num_epochs: this one is corrupt
+        raise ConfigError(f"{path} is a corrupt checkpoint ({problem}): remove it (or pass --overwrite 1) to start "
+                          f"the run over")
+    return obj
+
+
+def _state_inconsistency(obj) -> str | None:
+    """What no train_state.pt of ours holds: an epoch past its --num_epochs, a history of another length, a NaN."""
+    epochs = obj["args"].get("num_epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool):
+        return f"its args hold num_epochs {epochs!r}"
+    if obj["epoch"] > epochs:
+        return f"epoch {obj['epoch']} is past its --num_epochs {epochs}"
+    losses = obj["history"].get("train_loss")
+    if not isinstance(losses, list) or len(losses) != obj["epoch"]:
+        return f"epoch {obj['epoch']} with a history of {len(losses) if isinstance(losses, list) else '?'} epochs"
+    where = nonfinite_tensor({k: obj[k] for k in ("trainable", "best", "optimizer")})
+    return f"{where} holds NaN or inf" if where else None
+
+
+def nonfinite_tensor(obj, where="") -> str | None:
+    """The path of the first floating-point tensor in ``obj`` (nested dicts, lists) holding NaN or inf, or None."""
+    if isinstance(obj, torch.Tensor):
+        return where or "a tensor" if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = nonfinite_tensor(value, f"{where}[{key!r}]" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def load_checkpoint(path) -> dict:
+    """A finished run's checkpoint.pt (weights_only), checked: a dict whose tensors are finite, whose
+    projected_prompt is a [P, H] tensor or None; ConfigError naming the file otherwise."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torn, foreign, pickled objects, unreadable
+        raise ConfigError(f"cannot read {path} ({type(e).__name__}): it is not a checkpoint of this program; "
+                          f"retrain the run") from None
+    prompt = obj.get("projected_prompt", "absent") if isinstance(obj, dict) else "absent"
+    if not (prompt is None or isinstance(prompt, torch.Tensor) and prompt.ndim == 2 and prompt.is_floating_point()):
+        raise ConfigError(f"{path} is not a checkpoint of this program (no [P, H] projected_prompt): retrain the run")
+    where = nonfinite_tensor(obj)
+    if where:
+        raise ConfigError(f"{path} is a corrupt checkpoint ({where} holds NaN or inf): retrain the run")
     return obj
 
 
@@ -184,6 +261,7 @@ class RunFolder:
         self.path = path
         self._lock_fd = None
         self._created = False
+        self._metrics_checked = False
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -229,7 +307,7 @@ class RunFolder:
             raise ConfigError(f"cannot create run folder {self.path} ({e.strerror}); choose another --save_dir"
                               ) from None
         for _ in range(100):  # the lock file is removed on release: lock it, then check it is still the one there
-            fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            fd = open_regular(self.file(LOCK), os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -245,6 +323,11 @@ class RunFolder:
             os.close(fd)  # its holder removed it after we opened it: take the new one
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
         self._lock_fd = fd
+        log = self.file(METRICS_LOG)  # appended to during the run: refused now, before any work, if not a file
+        if os.path.lexists(log) and (os.path.islink(log) or not os.path.isfile(log)):
+            self.release()
+            raise ConfigError(f"{log} is a symbolic link or not a regular file: a run folder's files must be plain "
+                              f"files; remove it")
         for name in os.listdir(self.path):  # temporary files of writes cut short by kill -9 (we hold the lock)
             if name.startswith(".tmp-"):
                 os.unlink(self.file(name))
@@ -258,7 +341,7 @@ class RunFolder:
             for name in (ARGS, METRICS_LOG):
                 if os.path.exists(self.file(name)):
                     os.unlink(self.file(name))
-            shutil.rmtree(self.file("tensorboard"), ignore_errors=True)
+            shutil.rmtree(self.file(TENSORBOARD_DIR), ignore_errors=True)
         os.unlink(self.file(LOCK))  # while still locked, so that no one can take a lock on a file about to go
         os.close(self._lock_fd)
         self._lock_fd = None
@@ -292,12 +375,9 @@ class RunFolder:
         """A fresh start: the previous run's outputs go first (results.json first: the folder never claims a result
         its args.json does not describe), then args.json is written."""
         os.makedirs(self.path, exist_ok=True)
-        for name in (RESULTS,) + tuple(o for o in OUTPUTS if o != RESULTS) + (METRICS_LOG, ALL_RESULTS):
-            if os.path.exists(self.file(name)):
-                os.unlink(self.file(name))
-        for name in (MODEL_DIR, ADAPTER_DIR):
-            if os.path.isdir(self.file(name)):
-                shutil.rmtree(self.file(name))
+        for name in run_outputs(self.path):  # every output of a replaced run (side outputs included)
+            target = self.file(name)
+            shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.unlink(target)
         save_json(self.file(ARGS), args)
 
     def write_args(self, args: dict):
@@ -313,14 +393,21 @@ class RunFolder:
     def log_metrics(self, record: dict):
         """Append one line to metrics.jsonl (followed live: tail -f, or pandas.read_json(path, lines=True)). A run
         resumed from a checkpoint appends again from there: a (epoch, step) may then appear twice, the later
-        line being the one the finished run's numbers continue from."""
-        with open(self.file(METRICS_LOG), "a") as f:
-            f.write(json.dumps(_plain(record), allow_nan=False) + "\n")
+        line being the one the finished run's numbers continue from. A last line torn by a kill is dropped before
+        this process appends its first; a symbolic link or a non-regular file there is refused."""
+        fd = open_regular(self.file(METRICS_LOG), os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        try:
+            if not self._metrics_checked:
+                _drop_torn_line(fd)
+                self._metrics_checked = True
+            os.write(fd, (json.dumps(_plain(record), allow_nan=False) + "\n").encode())
+        finally:
+            os.close(fd)
 
     def write_predictions(self, split: str, rows: list[dict]):
         """predictions_{split}.jsonl: one line per row (id, input, target, prediction), for error analysis."""
         text = "".join(json.dumps(_plain(r), allow_nan=False) + "\n" for r in rows)
-        atomic_write(self.file(f"predictions_{split}.jsonl"), lambda f: f.write(text.encode()))
+        atomic_write(self.file(PREDICTIONS.format(split=split)), lambda f: f.write(text.encode()))
 
     def write_all_results(self, results: dict):
         """all_results.json (run_files.all_results: flat, as transformers' run_glue writes it)."""
@@ -369,9 +456,12 @@ def load_run(path, model_name=None, device="cpu"):
     results = read_json(os.path.join(path, RESULTS), required=True)
     if not is_complete(results):
         raise ConfigError(f"{path} is not a finished run (results.json says complete: {results.get('complete')})")
+    problem = run_problem(args, results)
+    if problem:
+        raise ConfigError(f"{path}: {problem}: retrain the run (or restore its files)")
     if not os.path.isfile(os.path.join(path, CHECKPOINT)):
         raise ConfigError(f"{path} is not a finished run folder (it has no {CHECKPOINT}): {fix}")
-    ckpt = torch.load(os.path.join(path, CHECKPOINT), map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(os.path.join(path, CHECKPOINT))
     name = model_name or (os.path.join(path, MODEL_DIR) if os.path.isdir(os.path.join(path, MODEL_DIR))
                           else args["model_name"])
     model, tokenizer = models.load_model(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numbers
 
+import run_files
 from residual_prompts.errors import ConfigError
 
 
@@ -78,7 +79,7 @@ def make_tracker(kind: str, run_dir: str, run_name: str, config: dict):
     if kind == "tensorboard":
         import os
 
-        return TensorBoard(os.path.join(run_dir, "tensorboard"), config)
+        return TensorBoard(os.path.join(run_dir, run_files.TENSORBOARD_DIR), config)
     if kind == "wandb":
         return WandB(run_name, config)
     return NoTracker()

@@ -58,14 +58,21 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 class StopSignal:
     """SIGTERM/SIGUSR1 (SLURM's warning before preemption or the time limit) and SIGINT (Ctrl-C), for the whole run.
-    Inside ``deferred()`` (the training loop) a request is noted and the loop checkpoints at the next step boundary;
-    anywhere else it stops at once (every file is written atomically, so nothing is torn). Either way: exit 75.
-    A repeat of the same signal, or any signal more than ``grace_s`` seconds later, exits at once. A *different*
-    signal within ``grace_s`` is the same request: on preemption SLURM sends SIGTERM to every process of the job
-    while scripts/requeue_on_signal.sh forwards its own as SIGUSR1, and that pair must still end in a checkpoint."""
+    The handler never raises into the code it interrupts (library code that catches Exception would turn a stop
+    into an error). Inside ``deferred()`` (the training loop, the final save, the adapter export) a request is
+    noted and our own code acts on it at its next safe point: the loop checkpoints at the next step boundary.
+    Anywhere else the process exits at once with ``exit_code`` (75; once the run's outcome is known, that outcome):
+    every file is written atomically and the lock dies with the process, so this is a kill -9 that says why, and
+    the same command continues. A repeat of the same signal, or any signal more than ``grace_s`` seconds later,
+    exits at once. A *different* signal within ``grace_s`` is the same request: on preemption SLURM sends SIGTERM
+    to every process of the job while scripts/requeue_on_signal.sh forwards its own as SIGUSR1, and that pair must
+    still end in a checkpoint. ``own_process``: leaving, ignore these signals (the interpreter's teardown puts the
+    default actions back, and a late signal would turn the run's exit code into a signal death, 143)."""
 
-    def __init__(self, grace_s=5.0):
+    def __init__(self, grace_s=5.0, own_process=False):
         self.name, self.at, self.grace_s, self._deferred, self._previous = None, 0.0, grace_s, False, {}
+        self.exit_code, self.own_process = EXIT_INTERRUPTED, own_process
+        self.hint = "nothing was changed: run the same command again"
 
     def __enter__(self):
         self._previous = {sig: signal.signal(sig, self) for sig in SIGNALS}
@@ -75,31 +82,49 @@ class StopSignal:
         # After a stop, a late second signal of the pair may land while the interpreter shuts down (which puts
         # the default actions back: death by SIGUSR1, no requeue); ignored signals stay ignored.
         for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_IGN if self else handler)
+            signal.signal(sig, signal.SIG_IGN if self or self.own_process else handler)
         return False
 
     @contextmanager
     def deferred(self):
-        self._deferred = True
+        outer, self._deferred = self._deferred, True
         try:
             yield
         finally:
-            self._deferred = False
+            self._deferred = outer
 
     def __call__(self, signum, frame):
         name = signal.Signals(signum).name
         if self.name is not None:
             if name != self.name and time.monotonic() - self.at < self.grace_s:
                 return
-            os._exit(EXIT_INTERRUPTED)
+            self._exit(f"{name} received again: exiting at once")
         self.name, self.at = name, time.monotonic()
-        if not self._deferred:  # start-up or final evaluation: stop here (the trainer checkpoints in its loop)
-            raise Interrupted("stopped outside the training loop", checkpointed=False)
-        print(f"train.py: {name} received: writing a checkpoint at the next step boundary, then exiting "
-              f"(send it again to exit at once)", file=sys.stderr, flush=True)
+        if not self._deferred:
+            self._exit(f"{name} received: stopped")
+        _say(f"train.py: {name} received: stopping at the next safe point (while training: a checkpoint at the "
+             f"next step boundary; while writing the final files: once they are written), then exiting (send it "
+             f"again to exit at once)")
+
+    def _exit(self, what):
+        tail = {EXIT_INTERRUPTED: self.hint, 0: "the run is complete"}.get(self.exit_code, f"exit {self.exit_code}")
+        _say(f"train.py: {what}; {tail}")
+        try:
+            sys.stdout.flush()  # os._exit skips it; a flush cut into another raises, and is then skipped
+        except Exception:
+            pass
+        os._exit(self.exit_code)
 
     def __bool__(self):
         return self.name is not None
+
+
+def _say(line):
+    """One line on stderr from a signal handler: os.write (print could be cut inside another print)."""
+    try:
+        os.write(2, (line + "\n").encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def versions():
@@ -122,8 +147,12 @@ def run(args, stop: StopSignal):
         if mode == "complete":
             print(f"done: {folder.path} is already complete (results.json); pass --overwrite 1 to train it again")
             failed = False
-            wanted = args.save_adapter == "1" or args.push_to_hub is not None
-            return _adapter(args, folder) if wanted else 0
+            stop.exit_code = 0  # a stop from here on: the run is complete
+            missing = not os.path.isfile(folder.file(os.path.join(rf.ADAPTER_DIR, "adapter_config.json")))
+            wanted = args.save_adapter == "1" or args.push_to_hub is not None or (
+                missing and args.save_adapter == "auto" and _adapter_kind(folder))
+            with stop.deferred():  # finished, so seen through: exit 0
+                return _adapter(args, folder) if wanted else 0
         code = _train(args, stop, folder, mode, saved, dist, device_name, t0)
         failed = False
         return code
@@ -169,15 +198,11 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     state, spent = tu.TrainState(), 0.0
     if mode == "resume":
-        if saved.get("data_fingerprint") not in (None, fingerprint):
-            raise ConfigError(f"the data differs from the data {folder.path} was trained on (fingerprint "
-                              f"{saved['data_fingerprint'][:12]} != {fingerprint[:12]}): use the same --data_dir "
-                              f"files, or --overwrite 1 to start over")
-        state, spent = rf.restore_train_state(saved, wrapper, optimizer, scaler)
-        print(f"resuming {folder.path} at epoch {state.epoch}, step {state.step}")
+        state, spent = _resume(args, folder, saved, fingerprint, (wrapper, optimizer, scaler), len(train))
     arg_dict = vars(args).copy()
     if dist.is_main:
         folder.start(arg_dict) if mode == "fresh" else folder.write_args(arg_dict)
+    stop.hint = _continue_hint(args)  # the folder is this run's now
     info = _run_info(args, task, device, dist, wrapper, prompt_ids, (train, val, test), fingerprint)
 
     # ---- loop ----
@@ -215,20 +240,47 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
         tracker.close()
 
     # ---- final evaluation with the best state, then save ----
+    if dist.any(bool(stop), device):  # noted at the last step: train_state.pt holds it all, the rerun evaluates
+        raise Interrupted("stopped before the final evaluation")
     wrapper.load_trainable_state(best)
     final, predictions = _final_eval(args, wrapper, task, val, test, dist, state.best_eval)
     final["norms"] = wrapper.norms(best)
-    if dist.is_main:
-        for split, preds in predictions.items():
-            folder.write_predictions(split, [data_utils.prediction_record(task, row, pred)
-                                             for row, pred in zip(splits[split], preds)])
-        folder.save_final(best, arg_dict, history, wrapper)
-        folder.write_all_results(write_results(history, final=final, complete=True))
-        folder.finish()
-    print(f"done: {task.name}{_summary(history, final)} -> {folder.path}")
-    if dist.is_main and wrapper.PEFT_EXACT and args.prefix_len > 0:
-        return _adapter(args, folder)
+    with stop.deferred():  # the final files and the adapter: seconds; a stop now is seen through, then exit 0
+        if dist.is_main:
+            for split, preds in predictions.items():
+                folder.write_predictions(split, [data_utils.prediction_record(task, row, pred)
+                                                 for row, pred in zip(splits[split], preds)])
+            folder.save_final(best, arg_dict, history, wrapper)
+            folder.write_all_results(write_results(history, final=final, complete=True))
+            folder.finish()
+        stop.exit_code = 0  # complete: a stop from here on cannot make it a failure
+        print(f"done: {task.name}{_summary(history, final)} -> {folder.path}")
+        if dist.is_main and wrapper.PEFT_EXACT and args.prefix_len > 0:
+            return _adapter(args, folder)
     return 0
+
+
+def _resume(args, folder, saved, fingerprint, parts, n_train):
+    """The loaded train_state.pt put back into (wrapper, optimizer, scaler): (TrainState, seconds spent)."""
+    if saved.get("data_fingerprint") not in (None, fingerprint):
+        raise ConfigError(f"the data differs from the data {folder.path} was trained on (fingerprint "
+                          f"{saved['data_fingerprint'][:12]} != {fingerprint[:12]}): use the same --data_dir "
+                          f"files, or --overwrite 1 to start over")
+    state, spent = rf.restore_train_state(saved, *parts)
+    steps = tu.num_batches(n_train, args.batch_size)
+    if state.step >= steps:
+        raise ConfigError(f"{folder.file(rf.TRAIN_STATE)} is a corrupt checkpoint (step {state.step} of an epoch "
+                          f"of {steps} steps): remove it (or pass --overwrite 1) to start the run over")
+    print(f"resuming {folder.path} at epoch {state.epoch}, step {state.step}")
+    return state, spent
+
+
+def _adapter_kind(folder):
+    """A finished prompt run of a family whose wrapper says PEFT_EXACT: the kind train.py writes an adapter/ for."""
+    results, args = rf.read_json(folder.file(rf.RESULTS)), rf.read_json(folder.file(rf.ARGS))
+    family = models.FAMILIES.get(results.get("family")) if isinstance(results.get("family"), str) else None
+    return bool(getattr(family, "PEFT_EXACT", False)) and isinstance(args.get("prefix_len"), int) and \
+        args["prefix_len"] > 0
 
 
 def _adapter(args, folder):
@@ -326,18 +378,30 @@ def _continue_hint(args):
     return "run the same command again to continue"
 
 
-def main(argv=None):
+def main(argv=None, own_process=False):
+    """train.py's command line -> exit code. ``own_process``: the process ends after this (stop signals are then
+    ignored, so that nothing after the run turns its exit code into a signal death)."""
     args = build_parser(__doc__.split("\n\n")[0]).parse_args(sys.argv[1:] if argv is None else argv)
+    code = EXIT_FAILED  # an exception that escapes (a bug) prints its traceback
+    with StopSignal(own_process=own_process) as stop:
+        try:
+            code = _main(args, stop)
+        finally:
+            stop.exit_code = code  # decided: a stop during the shutdown exits with it, at once
+            distributed.shutdown()
+    return code
+
+
+def _main(args, stop):
     try:
-        with StopSignal() as stop:
-            try:
-                check_args(args)
-                return run(args, stop)
-            except Interrupted as e:
-                where = os.path.join(args.save_dir, args.save_name)
-                saved = f"the checkpoint is in {where}" if e.checkpointed else "nothing is lost"
-                print(f"train.py: {e} after {stop.name}; {saved}: {_continue_hint(args)}", file=sys.stderr, flush=True)
-                return EXIT_INTERRUPTED
+        try:
+            check_args(args)
+            return run(args, stop)
+        except Interrupted as e:
+            where = os.path.join(args.save_dir, args.save_name)
+            saved = f"the checkpoint is in {where}" if e.checkpointed else "nothing is lost"
+            print(f"train.py: {e} after {stop.name}; {saved}: {_continue_hint(args)}", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
     except (ConfigError, DataError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -352,9 +416,7 @@ def main(argv=None):
         print(f"train.py: error: {e.filename or 'a file'}: {what}; files written before are intact: fix it, then "
               f"{_continue_hint(args)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    finally:
-        distributed.shutdown()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

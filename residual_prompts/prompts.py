@@ -15,6 +15,8 @@ WordPiece vocabulary is not, and the encoder wrapper passes its frequent ids (mo
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -133,6 +135,8 @@ def init_file(embedding, prompt_len, seed, path="", **_):
     """A prompt saved as .npy (--prefix_path): a numeric [P, H] array, finite in float32; pickles are refused."""
     shape = [prompt_len, embedding.shape[1]]
     fix = f"expected a numeric [prefix_len, H] = {shape} array (np.save(path, prompt.astype(np.float32)))"
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block the run (and its folder's lock)
+        raise ConfigError(f"--prefix_path {path} is not a regular file (a FIFO, device or folder); {fix}")
     try:
         with open(path, "rb") as f:  # the header first: a huge claimed shape is refused before any data is read
             if f.read(4) == b"PK\x03\x04":

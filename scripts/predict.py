@@ -73,14 +73,18 @@ def _check_cli(a):
     """The flags' problems that need no data or model: a one-line message, or None."""
     if a.input is not None and a.split is not None:
         return "--split and --input are exclusive: --split scores a split of the run's task, --input new rows"
-    if a.input is not None and not os.path.isfile(a.input):
-        return f"--input {a.input}: no such file: pass a jsonl file of rows in the task's fields"
+    if a.input is not None and not os.path.isfile(a.input):  # a FIFO or device too: reading it could block
+        what = "not a regular file" if os.path.exists(a.input) else "no such file"
+        return f"--input {a.input}: {what}: pass a jsonl file of rows in the task's fields"
     if a.batch_size < 1:
         return f"--batch_size {a.batch_size}: pass a positive number of rows"
     if a.out:
         parent = os.path.dirname(os.path.abspath(a.out))
         if os.path.isdir(a.out):
             return f"--out {a.out} is a folder: pass a file path, e.g. {os.path.join(a.out, 'predictions.jsonl')}"
+        if os.path.islink(a.out) or os.path.lexists(a.out) and not os.path.isfile(a.out):
+            return (f"--out {a.out} is a symbolic link or not a regular file (writing would replace the link, or "
+                    f"block on a FIFO): pass a plain file path")
         if not os.path.isdir(parent):
             return f"--out {a.out}: the folder {parent} does not exist: create it or choose another path"
     return None

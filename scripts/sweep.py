@@ -54,7 +54,9 @@ import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -108,6 +110,8 @@ def _coerce(flag, value, flags, where):
         return None
     if isinstance(value, (list, dict)):
         raise SweepError(f"{where}: {flag} must be a single value here, got {value!r} (lists go in grid)")
+    if re.search(r"[\x00-\x1f\x7f]", str(value)):
+        raise SweepError(f"{where}: {flag} {value!r} holds a control character (a newline?): remove it")
     action = flags[flag]
     kind = action.type or str
     try:
@@ -130,10 +134,9 @@ def _coerce(flag, value, flags, where):
 def load_sweep(path):
     """The sweep file as a dict (YAML, or JSON for a .json suffix)."""
     try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise SweepError(f"cannot read sweep file {path} ({e.strerror})") from None
+        text = _read_regular(path, "sweep file")
+    except UnicodeDecodeError:
+        raise SweepError(f"{path} is not a text file: pass a sweep file (.yaml, .yml, .json)") from None
     import yaml
 
     try:
@@ -147,13 +150,32 @@ def load_sweep(path):
     if unknown:
         raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(TOP_KEYS)}")
     spec.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    if not isinstance(spec["name"], str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", spec["name"]):
+        raise SweepError(f"{path}: name {spec['name']!r} may use letters, digits and _ . + - only")
+    if not isinstance(spec.get("run_name", ""), str):
+        raise SweepError(f"{path}: run_name must be a text template, got {spec['run_name']!r}")
     return spec
+
+
+def _read_regular(path, what):
+    """The text of a file the user named: a regular file (a FIFO or device would block or never end)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise SweepError(f"cannot read {what} {path} ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SweepError(f"{what} {path} is not a regular file (a FIFO, device or folder): pass a file")
+        return f.read().decode("utf-8")
 
 
 def _mapping(spec, key, path):
     value = spec.get(key) or {}
     if not isinstance(value, dict):
         raise SweepError(f"{path}: {key} must be a mapping, got {type(value).__name__}")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise SweepError(f"{path}: {key} has the key {bad[0]!r}: keys are train.py flag names (text)")
     return dict(value)
 
 
@@ -196,6 +218,9 @@ def apply_sets(spec, sets, path):
                 spec["grid"][key] = [v for v in value.split(",") if v != ""]
             else:
                 spec["fixed"][key] = value
+    for key, value in spec["sbatch"].items():  # checked for every command, not only when written
+        if value is not None:
+            _directive(key, value, path)
     return spec
 
 
@@ -326,14 +351,18 @@ def read_runs(source, sets):
         if sets:
             raise SweepError(f"--set applies to a sweep file, not to the run list {source} (it is fixed)")
         try:
-            with open(source) as f:
-                lines = [ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#")]
-        except OSError as e:
-            raise SweepError(f"cannot read run list {source} ({e.strerror})") from None
+            lines = [ln for ln in _read_regular(source, "run list").splitlines()
+                     if ln.strip() and not ln.startswith("#")]
+        except UnicodeDecodeError:
+            raise SweepError(f"{source} is not a text run list: write it again with sweep.py sbatch") from None
         runs = []
         for n, line in enumerate(lines):
             name, tab, command = line.partition("\t")
-            words = shlex.split(command)
+            try:
+                words = shlex.split(command)
+            except ValueError as e:  # a torn line: an unclosed quotation
+                raise SweepError(f"{source}: run {n} is torn ({e}): write the list again with sweep.py sbatch"
+                                 ) from None
             if not tab or words[:2] != ["python", "train.py"]:
                 raise SweepError(f"{source}: run {n} is not 'NAME<TAB>python train.py ...': {line[:80]!r}")
             runs.append({"name": name, "argv": words[2:]})
@@ -352,7 +381,8 @@ def run_dir(argv):
 
 
 def run_state(path):
-    """complete | failed (diverged: results.json holds an error) | partial | missing (run_files.run_status)."""
+    """complete | running | failed (diverged: results.json holds an error) | partial | missing
+    (run_files.run_status)."""
     import run_files
 
     return run_files.run_status(path)
@@ -421,7 +451,12 @@ def skip_reason(run):
     """'complete' when the run's folder holds a finished run with these arguments (nothing to do), else None.
     A finished run with other arguments goes to train.py, which refuses it with the differences."""
     path = run_dir(run["argv"])
-    if run_state(path) != "complete":
+    state = run_state(path)
+    if state == "running":  # e.g. a child of a sweep.py that was killed (kill -9): still training, not failed
+        import run_files
+
+        return f"running: {_show(path)} is locked by {run_files.lock_holder(path) or 'another process'}"
+    if state != "complete":
         return None
     diff = same_args(path, run["argv"])
     if diff:
@@ -493,7 +528,7 @@ class LocalSweep:
         self.runs, self.selected, self.name, self.jobs, self.gpus, self.logs = runs, selected, name, jobs, gpus, logs
         self.running = {}  # index -> (Popen, start time, gpu, log path)
         self.stop_signal = None
-        self.counts = {"done": 0, "skipped": 0, "failed": 0, "stopped": 0}
+        self.counts = {"done": 0, "skipped": 0, "failed": 0, "stopped": 0, "running": 0}
 
     def _say(self, text):
         print(f"sweep.py: {text}", flush=True)
@@ -564,7 +599,7 @@ class LocalSweep:
                     i = todo.pop(0)
                     reason = skip_reason(self.runs[i])
                     if reason:
-                        self.counts["skipped"] += 1
+                        self.counts["running" if reason.startswith("running") else "skipped"] += 1
                         self._say(f"skip {i} {self.runs[i]['name']}: {reason}")
                     else:
                         self._start(i)
@@ -580,22 +615,24 @@ class LocalSweep:
         c = self.counts
         left = len(todo)
         self._say(f"{self.name}: {c['done']} done, {c['skipped']} skipped (complete), {c['failed']} failed"
+                  + (f", {c['running']} running elsewhere" if c["running"] else "")
                   + (f", {c['stopped']} stopped, {left} not started" if self.stop_signal is not None else ""))
-        if self.stop_signal is not None and (c["stopped"] or left):
-            return EXIT_INTERRUPTED
+        if self.stop_signal is not None and (c["stopped"] or left) or c["running"] and not c["failed"]:
+            return EXIT_INTERRUPTED  # not done yet, nothing failed: run it again later
         return EXIT_FAILED if c["failed"] else 0
 
 
 def cmd_status(a):
     runs, name = read_runs(a.sweep, a.set)
-    counts = {"complete": 0, "partial": 0, "failed": 0, "missing": 0}
+    counts = {"complete": 0, "running": 0, "partial": 0, "failed": 0, "missing": 0}
     for i, run in enumerate(runs):
         path = run_dir(run["argv"])
         state = run_state(path)
         counts[state] += 1
         if a.verbose:
             print(f"{i}\t{state}\t{run['name']}\t{_show(path)}")
-    print(f"{name}: {len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "failed"))
+    print(f"{name}: {len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()
+                                                    if n or s not in ("failed", "running")))
     return 0
 
 
@@ -619,18 +656,17 @@ def cmd_sbatch(a):
 
     origin = shlex.join([_show(a.sweep)] + [f"--set={s}" for s in a.set])
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with open(run_list, "w") as f:
-        f.write(f"# run list of sweep {spec['name']}: {len(runs)} runs from {origin}, written {stamp} by "
-                f"scripts/sweep.py\n# line i (0-based, comments excluded) = array index i: NAME<TAB>COMMAND "
-                f"(run from the project root)\n")
-        f.writelines(f"{run['name']}\t{command_line(run)}\n" for run in runs)
+    listed = (f"# run list of sweep {spec['name']}: {len(runs)} runs from {origin}, written {stamp} by "
+              f"scripts/sweep.py\n# line i (0-based, comments excluded) = array index i: NAME<TAB>COMMAND "
+              f"(run from the project root)\n") + "".join(f"{run['name']}\t{command_line(run)}\n" for run in runs)
     lines = ["#!/bin/bash",
              f"# SLURM array job of sweep {spec['name']} ({len(runs)} runs), written {stamp} by scripts/sweep.py from",
              f"#   {origin}",
              f"# Submit: sbatch {_show(script)}     progress: python scripts/sweep.py status {_show(run_list)}",
              f"# Index i runs line i of {os.path.basename(run_list)}; complete runs are skipped: resubmit to go on.",
              "# SLURM runs it with the environment of sbatch: activate the virtual environment first (or set PYTHON)."]
-    lines += [f"#SBATCH --{k}" + ("" if v is None else f"={v}") for k, v in head.items()]
+    lines += [f"#SBATCH --{k}" + ("" if v is None else f"={shlex.quote(_directive(k, v, a.sweep))}")
+              for k, v in head.items()]
     lines += ["set -uo pipefail",
               'PYTHON="${PYTHON:-python}"',
               "# torch's CPU threads: as many as the task's CPUs (by default it would use every core of the node)",
@@ -644,13 +680,43 @@ def cmd_sbatch(a):
               "# a wrapper started as a child would not see it, and the signal would kill this shell and end the job.",
               'exec bash scripts/requeue_on_signal.sh "$PYTHON" scripts/sweep.py run "$RUNS" "$SLURM_ARRAY_TASK_ID"',
               ""]
-    with open(script, "w") as f:
-        f.write("\n".join(lines))
-    os.chmod(script, 0o755)
+    text = "\n".join(lines)
+    for what, body in (("run list", listed.replace("\t", " ")), ("script", text)):
+        if re.search(r"[\x00-\x08\x0b-\x1f\x7f]", body.replace("\n", " ")) or body.count("\n") != (
+                len(runs) + 2 if what == "run list" else len(lines) - 1):
+            raise SweepError(f"{a.sweep}: a value holds a control character (a newline?), which would change the "
+                             f"{what}'s lines: remove it")
+    _write_atomic(run_list, listed, 0o644)
+    _write_atomic(script, text, 0o755)
     done = sum(run_state(run_dir(r["argv"])) == "complete" for r in runs)
     print(f"wrote {_show(script)} (array {array}) and {_show(run_list)}: {len(runs)} runs, {done} already complete;"
           f" submit from the project root with: sbatch {_show(script)}")
     return 0
+
+
+def _directive(key, value, path):
+    """An #SBATCH value: one scalar, as text (quoted where written)."""
+    if isinstance(value, (dict, list, bool)) or not isinstance(value, (str, int, float)):
+        raise SweepError(f"{path}: sbatch.{key} must be a single value, got {value!r}")
+    if re.search(r"[\x00-\x1f\x7f]", str(value)):
+        raise SweepError(f"{path}: sbatch.{key} holds a control character (a newline?): remove it")
+    return str(value)
+
+
+def _write_atomic(path, text, mode):
+    """``text`` into ``path`` through a temporary file beside it, renamed over it: never half a file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class Parser(argparse.ArgumentParser):

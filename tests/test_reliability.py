@@ -273,3 +273,122 @@ def test_after_exit_75_the_hint_warns_about_overwrite(ws, tiny_t5_dir):
     args = base_args(tiny_t5_dir, ws) + ["--save_name", "ow", "--batch_size", "1", "--overwrite", "1"]
     stopped = run_py(["tests/fault_runner.py", "term_at_step:2", "--", *args], env=ENV)
     assert stopped.returncode == 75 and "WITHOUT --overwrite 1" in stopped.stderr
+
+
+# ---- a stop at any moment (tests/fault_runner.py stop_in:PHASE:SIGNAL) ------------------------------------------
+# (phase, signal, exit code): every signal in several phases; 75 until the run is complete, 0 from then on
+STOP_PHASES = [("imports", signal.SIGTERM, 75), ("model_load", signal.SIGUSR1, 75), ("data_load", signal.SIGINT, 75),
+               ("resume_restore", signal.SIGTERM, 75), ("training", signal.SIGUSR1, 75),
+               ("evaluation", signal.SIGINT, 75), ("final_save", signal.SIGTERM, 0),
+               ("adapter_export", signal.SIGUSR1, 0), ("shutdown", signal.SIGINT, 0), ("teardown", signal.SIGTERM, 0)]
+
+
+@pytest.mark.parametrize("phase, sig, code", STOP_PHASES, ids=[f"{p}-{s.name}" for p, s, _ in STOP_PHASES])
+def test_a_stop_in_any_phase_exits_75_resumable_or_0_complete(tiny_t5_anywhere, fixture_data_dir, tmp_path, phase,
+                                                                sig, code):
+    """The signal lands inside the phase, inside code that catches Exception: never 1, 2 or a signal death; 75
+    leaves a folder the same command continues, 0 a complete run; the advice never names --overwrite."""
+    args = ["--task", "cb", "--data_dir", fixture_data_dir, "--model_name", tiny_t5_anywhere, "--freeze_weights",
+            "1", "--num_epochs", "1", "--batch_size", "4", "--save_dir", tmp_path, "--save_name", "run",
+            "--progress", "0", "--save_adapter", "auto" if phase == "adapter_export" else "0"]
+    folder = tmp_path / "run"
+    if phase == "resume_restore":
+        first = run_py(["tests/fault_runner.py", "term_at_step:2", "--", *args], env=ENV)
+        assert first.returncode == 75 and (folder / "train_state.pt").exists(), first.stderr[-2000:]
+    proc = run_py(["tests/fault_runner.py", f"stop_in:{phase}:{sig.name}", "--", *args], env=ENV)
+    assert f"fault_runner: {sig.name} in {phase}" in proc.stderr, proc.stderr[-2000:]  # delivered in the phase
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "raised" not in proc.stderr and "--overwrite" not in proc.stderr
+    if code == 75:
+        again = run_py(["train.py", *args], env=ENV)
+        assert again.returncode == 0, again.stderr[-2000:]
+    results = json.loads((folder / "results.json").read_text())
+    assert results["complete"] is True and not (folder / "train_state.pt").exists()
+    if phase == "adapter_export":
+        assert (folder / "adapter" / "adapter_config.json").is_file()
+
+
+# ---- run files that lie: a corrupt train_state.pt is bad input (exit 2 naming it), not divergence -------------
+CORRUPT_STATES = {
+    "epoch_past": lambda s: {**s, "epoch": s["args"]["num_epochs"] + 1},
+    "nan_prompt": lambda s: {**s, "trainable": {**s["trainable"], "prompt": s["trainable"]["prompt"] * float("nan")}},
+    "inf_optimizer": lambda s: {**s, "optimizer": {**s["optimizer"], "state": {
+        k: {n: (t * float("inf") if torch.is_tensor(t) and t.is_floating_point() and t.ndim else t)
+            for n, t in v.items()} for k, v in s["optimizer"]["state"].items()}}},
+    "history_length": lambda s: {**s, "history": {**s["history"], "train_loss": s["history"]["train_loss"] + [1.0]}},
+    "step_past": lambda s: {**s, "step": 10**6},
+}
+
+
+@pytest.mark.parametrize("edit", list(CORRUPT_STATES))
+def test_a_corrupt_training_state_is_refused_naming_it(ws, tiny_t5_dir, edit):
+    folder = copy_run(ws, "interrupted", f"corrupt_{edit}")
+    state = torch.load(folder / "train_state.pt", weights_only=True)
+    torch.save(CORRUPT_STATES[edit](state), folder / "train_state.pt")
+    line = refused(ws, base_args(tiny_t5_dir, ws) + ["--save_name", folder.name, "--batch_size", "2"],
+                   "corrupt checkpoint")
+    assert "train_state.pt" in line and "--lr" not in line
+
+
+# ---- predict.py and export_peft.py on a finished run's files of the wrong kind ---------------------------------
+def _pickled(path):
+    torch.save({"projected_prompt": torch.zeros(10, 32), "extra": Path("/")}, path)  # needs a pickled class
+
+
+def _torn(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _nan_prompt(path):
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "projected_prompt": ckpt["projected_prompt"] * float("nan")}, path)
+
+
+FINISHED_EDITS = {  # file -> how it is spoiled
+    "checkpoint_pickled": ("checkpoint.pt", _pickled),
+    "checkpoint_torn": ("checkpoint.pt", _torn),
+    "checkpoint_nan": ("checkpoint.pt", _nan_prompt),
+    "checkpoint_list": ("checkpoint.pt", lambda p: torch.save([1, 2], p)),
+    "prompt_pickled": ("prompt.npy", lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)),
+    "prompt_nan": ("prompt.npy", lambda p: np.save(p, np.full((10, 32), np.nan, np.float32))),
+    "args_types": ("args.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "seq_len": "64"}))),
+    "args_list": ("args.json", lambda p: p.write_text("[1]")),
+    "results_other_args": ("results.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "args": {
+        **json.loads(p.read_text())["args"], "lr": 0.01}}))),
+    "results_nan": ("results.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()),
+                                                                       "best_val_score": float("nan")}))),
+}
+
+
+@pytest.mark.parametrize("script", ["predict", "export_peft"])
+@pytest.mark.parametrize("edit", list(FINISHED_EDITS))
+def test_scripts_refuse_a_finished_runs_spoiled_files(ws, tmp_path, script, edit):
+    name, spoil = FINISHED_EDITS[edit]
+    if script == "predict" and name == "prompt.npy":
+        pytest.skip("predict.py reads checkpoint.pt, not prompt.npy")
+    folder = copy_run(ws, "finished", f"spoiled_{script}_{edit}")
+    spoil(folder / name)
+    argv = ["scripts/predict.py", folder] if script == "predict" else ["scripts/export_peft.py", folder,
+                                                                        tmp_path / "adapter"]
+    proc = run_py(argv, env=ENV)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(f"{script}.py: error:")
+    assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.parametrize("case", ["input_fifo", "out_fifo", "out_symlink"])
+def test_predict_never_blocks_on_or_writes_through_special_files(ws, tmp_path, case):
+    target = tmp_path / "mine.jsonl"
+    target.write_text("mine\n")
+    special = tmp_path / "special"
+    os.mkfifo(special) if case != "out_symlink" else os.symlink(target, special)
+    flag = "--input" if case == "input_fifo" else "--out"
+    proc = run_py(["scripts/predict.py", ws / "runs" / "finished", flag, special], env=ENV, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert target.read_text() == "mine\n" and os.path.lexists(special)
+
+
+def test_prefix_path_fifo_is_refused_not_waited_on(ws, tiny_t5_dir):
+    os.mkfifo(ws / "prompt_fifo")
+    refused(ws, base_args(tiny_t5_dir, ws) + ["--save_name", "new", "--prefix_path", str(ws / "prompt_fifo")],
+            "not a regular file")
