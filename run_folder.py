@@ -28,8 +28,8 @@ from residual_prompts.base import PARTS
 from residual_prompts.errors import ConfigError
 from run_files import *  # noqa: F401,F403  (the file names, the complete decision and the readers, re-exported)
 from run_files import (ALL_RESULTS, ARGS, CHECKPOINT, LOCK, METRICS_LOG, MODEL_DIR, OUTPUTS, PROMPT,
-                       PREDICTIONS, RESULTS, SCORES, TENSORBOARD_DIR, TRAIN_STATE, all_results, differing_args,
-                       is_complete, read_json, run_outputs, run_problem)
+                       PREDICTIONS, RESULTS, SCORES, TENSORBOARD_DIR, TRAIN_STATE, TRAINER_STATE, all_results,
+                       differing_args, is_complete, read_json, run_outputs, run_problem, train_summary, trainer_state)
 from train_utils import History, TrainState
 
 _UMASK = os.umask(0)
@@ -409,9 +409,28 @@ class RunFolder:
         text = "".join(json.dumps(_plain(r), allow_nan=False) + "\n" for r in rows)
         atomic_write(self.file(PREDICTIONS.format(split=split)), lambda f: f.write(text.encode()))
 
-    def write_all_results(self, results: dict):
-        """all_results.json (run_files.all_results: flat, as transformers' run_glue writes it)."""
-        save_json(self.file(ALL_RESULTS), all_results(results))
+    def write_all_results(self, results: dict, args: dict) -> dict:
+        """all_results.json (run_files.all_results: flat, as transformers' run_glue writes it), the run's summary
+        appended to metrics.jsonl, and trainer_state.json (its log_history: metrics.jsonl). Returns the summary."""
+        flat = all_results(results)
+        save_json(self.file(ALL_RESULTS), flat)
+        records = self.read_metrics()
+        summary = train_summary(flat, max((r.get("step") or 0 for r in records), default=0))
+        self.log_metrics(summary)
+        save_json(self.file(TRAINER_STATE), trainer_state(records + [summary], flat, args))
+        return summary
+
+    def read_metrics(self) -> list[dict]:
+        """metrics.jsonl's records (a line cut short by a kill is left out)."""
+        out = []
+        if os.path.exists(self.file(METRICS_LOG)):
+            with open(self.file(METRICS_LOG)) as f:
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        continue
+        return out
 
     def write_state(self, *a, **kw):
         save_train_state(self.file(TRAIN_STATE), *a, **kw)

@@ -231,13 +231,14 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     try:
         with stop.deferred():
             history, best = tu.fit(wrapper, optimizer, train, val, cfg, hooks, state, test)
-    except tu.NonFiniteLoss as e:
+    except BaseException as e:  # the tracker stays open on success, for the run's summary
+        tracker.close()
+        if not isinstance(e, tu.NonFiniteLoss):
+            raise
         write_results(state.history, final={"error": str(e)})
         print(f"train.py: error: {e} (the last good checkpoint and the best state are kept in {folder.path})",
               file=sys.stderr)
         return EXIT_DIVERGED
-    finally:
-        tracker.close()
 
     # ---- final evaluation with the best state, then save ----
     if dist.any(bool(stop), device):  # noted at the last step: train_state.pt holds it all, the rerun evaluates
@@ -251,8 +252,9 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
                 folder.write_predictions(split, [data_utils.prediction_record(task, row, pred)
                                                  for row, pred in zip(splits[split], preds)])
             folder.save_final(best, arg_dict, history, wrapper)
-            folder.write_all_results(write_results(history, final=final, complete=True))
+            tracker.log(folder.write_all_results(write_results(history, final=final, complete=True), arg_dict))
             folder.finish()
+        tracker.close()
         stop.exit_code = 0  # complete: a stop from here on cannot make it a failure
         print(f"done: {task.name}{_summary(history, final)} -> {folder.path}")
         if dist.is_main and wrapper.PEFT_EXACT and args.prefix_len > 0:
