@@ -1,6 +1,8 @@
 """Outputs researchers expect beside results.json: a log fit for files and SLURM, metrics.jsonl, all_results.json,
 predictions_{split}.jsonl and TensorBoard events (read back). One 2-epoch run on the committed CB fixture."""
+import ast
 import json
+import re
 
 import pytest
 
@@ -116,7 +118,7 @@ def test_the_four_outputs_name_every_metric_alike_and_trainer_state_has_log_hist
 def test_predict_scores_a_finished_run_and_new_rows(outputs_run, fixture_data_dir, tmp_path):
     folder, _ = outputs_run
     results = json.loads((folder / "results.json").read_text())
-    proc = run_py(["scripts/predict.py", str(folder), "--out", str(tmp_path / "p.jsonl")])
+    proc = run_py(["scripts/predict.py", str(folder), "--split", "validation", "--out", str(tmp_path / "p.jsonl")])
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 10 and "score" in proc.stderr  # the full validation file of the fixture
@@ -127,6 +129,7 @@ def test_predict_scores_a_finished_run_and_new_rows(outputs_run, fixture_data_di
     assert proc.returncode == 0, proc.stderr
     [record] = [json.loads(line) for line in proc.stdout.splitlines()]
     assert set(record) == {"id", "input", "prediction"}  # no label, no target
+    assert "1 rows predicted, none has a label: no score" in proc.stderr
     assert "The cat sat." in record["input"] and "A cat sat." in record["input"]
     assert results["complete"] is True
     for folder_arg, says in ((tmp_path, "is not a finished run folder (it has no args.json)"),
@@ -134,6 +137,42 @@ def test_predict_scores_a_finished_run_and_new_rows(outputs_run, fixture_data_di
         bad = run_py(["scripts/predict.py", str(folder_arg)])
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
         assert says in bad.stderr and "save_dir/save_name" in bad.stderr and "--overwrite" not in bad.stderr
+
+
+@pytest.mark.parametrize("split, key", [("test", "test"), ("val", "validation")])
+def test_predict_scores_exactly_the_half_the_run_scored(outputs_run, tmp_path, split, key):
+    """A --get_test_subset 1 run: --split test / val are its halves, scored as results.json scored them, and the
+    lines are those of predictions_{split}.jsonl."""
+    folder, _ = outputs_run
+    results = json.loads((folder / "results.json").read_text())
+    expected = results["test"] if key == "test" else next(e for e in results["validation"]
+                                                          if e["epoch"] == results["best_epoch"])
+    proc = run_py(["scripts/predict.py", str(folder), "--split", split, "--out", str(tmp_path / "p.jsonl")])
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p.jsonl").read_text() == (folder / f"predictions_{split}.jsonl").read_text()
+    assert f"{results['n_examples'][key]} labelled rows scored" in proc.stderr
+    said = re.search(r"score (\S+) (\{.*\}) eval_loss (\S+)", proc.stderr)
+    assert float(said[1]) == expected["score"] and float(said[3]) == expected["loss"]  # exactly
+    assert ast.literal_eval(said[2]) == {"eval_accuracy": expected["official"]["acc"],
+                                         "eval_f1": expected["official"]["f1_macro"]}
+
+
+def test_predict_scores_the_labelled_rows_of_an_input_and_predicts_all(outputs_run, tmp_path):
+    import data_utils
+
+    folder, _ = outputs_run
+    lines = [{"premise": "The cat sat.", "hypothesis": "A cat sat.", "label": "entailment"},
+             {"premise": "It rained.", "hypothesis": "It was dry.", "label": "contradiction"},
+             {"premise": "He left.", "hypothesis": "He is tall."}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    proc = run_py(["scripts/predict.py", str(folder), "--input", str(tmp_path / "rows.jsonl")])
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [set(r) for r in out] == [{"id", "input", "target", "prediction"}] * 2 + [{"id", "input", "prediction"}]
+    assert "2 labelled rows scored; 1 without a label: predicted, not scored" in proc.stderr
+    alone = data_utils.evaluate(data_utils.TASKS["cb"], [r["prediction"] for r in out[:2]],
+                                [r["target"] for r in out[:2]])  # the score is the labelled rows' alone
+    assert f"score {alone['score']} " in proc.stderr
 
 
 @pytest.mark.parametrize("flags, says", [
