@@ -111,3 +111,71 @@ def test_metric_names_are_evaluates_names():
     from residual_prompts.tasks import TASKS
     assert metrics.score_name(TASKS["cola"]) == "Matthews correlation"
     assert {metrics.score_name(t) for t in TASKS.values()} <= set(metrics.SCORE_NAMES.values())
+
+
+# ---- plot_curves.py: formats, axes, epochs, pooling ----------------------------------------------------------
+from test_workflow_tables import PT, RES, plot_curves, table_runs, write_run  # noqa: E402,F401
+
+
+def with_lr_sweep(root):
+    """table_runs plus Residual PT on cb at a second lr (0.03; the others ran at 0.3)."""
+    for seed, best in ((0, 0.60), (1, 0.70)):
+        write_run(root / "res_lr", f"cb_s{seed}", [best, best], None, seed=seed, lr=0.03, **RES)
+    return root
+
+
+def test_figures_in_png_at_300_dpi_pdf_and_svg(table_runs, tmp_path):
+    from PIL import Image
+
+    with_lr_sweep(table_runs)
+    for fmt, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF"), ("svg", b"<?xml")):
+        out = tmp_path / fmt
+        assert plot_curves.main([str(table_runs), "--out", str(out), "--group_by", "lr", "--format", fmt]) == 0
+        assert sorted(p.name for p in out.iterdir()) == [f"score_vs_lr.{fmt}", f"val_curves.{fmt}"]
+        assert all(p.read_bytes().startswith(magic) for p in out.iterdir())
+    assert Image.open(tmp_path / "png" / "val_curves.png").info["dpi"] == pytest.approx((300, 300), abs=0.1)
+
+
+def test_the_y_axis_names_each_tasks_metric_and_epochs_count_from_1(table_runs):
+    runs, _ = plot_curves.run_files.find_runs([table_runs])
+    df = plot_curves.curves_frame(runs, ["lr"])
+    assert sorted(df["epoch"].unique()) == [1, 2]  # as metrics.jsonl and the log line count
+    fig, _ = plot_curves.curves_figure(df, ["cb", "rte_superglue"])
+    top = fig.axes[:2]  # the score panels of the first row
+    assert [ax.get_title() for ax in top] == ["cb", "rte_superglue"]
+    assert [ax.get_ylabel() for ax in top] == ["mean of accuracy and macro-F1 x 100", "accuracy x 100"]
+    assert fig.axes[2].get_xlabel() == "epoch"
+
+
+def test_a_line_across_a_swept_argument_is_refused_unless_grouped_or_pooled(table_runs, tmp_path, capsys):
+    """Residual PT ran at two lrs on cb: its line would average them (as make_table.py, refused)."""
+    with_lr_sweep(table_runs)
+    assert plot_curves.main([str(table_runs), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 2 and "differ in lr (0.03, 0.3): pass --group_by lr, or --pool" in err
+    assert not (tmp_path / "a").exists()
+    # score_vs_lr alone: lr is its x axis, nothing is pooled
+    assert plot_curves.main([str(table_runs), "--out", str(tmp_path / "b"), "--figures", "score_vs_lr"]) == 0
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["score_vs_lr.png"]
+    assert plot_curves.main([str(table_runs), "--out", str(tmp_path / "c"), "--pool"]) == 0
+    assert "--pool: lines average runs that differ in lr" in capsys.readouterr().err
+    runs, _ = plot_curves.run_files.find_runs([table_runs])
+    pooled = plot_curves.pooled_arguments(runs, [])
+    assert pooled == {"lr": [0.03, 0.3]}
+    fig, _ = plot_curves.curves_figure(plot_curves.curves_frame(runs, []), ["cb"], pooled=pooled)
+    title = fig.legends[0].get_title().get_text()
+    assert "line: mean over 1–4 runs (seeds and the pooled lr)" in title and "pooled across lr: 0.03, 0.3" in title
+    fig, _ = plot_curves.curves_figure(plot_curves.curves_frame(runs, ["lr"]), ["cb"])
+    assert fig.legends[0].get_title().get_text().startswith("line: mean over 1–3 seeds (seed, data_seed)")
+
+
+def test_band_choices_change_the_band_only(table_runs):
+    runs, _ = plot_curves.run_files.find_runs([table_runs])
+    df = plot_curves.curves_frame(runs, ["lr"])
+    widths = {}
+    for band in ("std", "sem", "none"):
+        fig, stats = plot_curves.curves_figure(df, ["cb"], band=band)
+        ax = fig.axes[0]
+        widths[band] = sum(len(c.get_paths()) for c in ax.collections)  # fill_between polygons
+        assert band != "sem" or "standard error" in fig.legends[0].get_title().get_text()
+    assert widths["none"] == 0 and widths["std"] == widths["sem"] > 0
