@@ -343,7 +343,6 @@ def check_args(args):
     the prompt initializer, the evaluation batch size and the validation interval. Returns args."""
     _check_numbers(args)
     _check_paths(args)
-    _check_model_name(args.model_name)
     if args.prefix_len >= args.seq_len:
         raise ConfigError(f"--prefix_len {args.prefix_len} leaves no room for input in --seq_len {args.seq_len}")
     if args.prefix_len == 0:
@@ -420,9 +419,10 @@ def _check_paths(args):
         raise ConfigError(f"--device {device!r} is not a device name here: use auto, cpu, cuda, cuda:N or mps")
 
 
-def _check_model_name(name):
-    """A --model_name that looks like a path (models.looks_like_path) must be a folder here: refused at
-    once, instead of being taken for a Hub name after the data has loaded (offline: tens of seconds of retries)."""
+def check_model_folder(name):
+    """A --model_name that looks like a path (models.looks_like_path) must be a folder on this machine: train.py
+    refuses it at once, instead of taking it for a Hub name after the data has loaded (offline: tens of seconds of
+    retries). Not part of check_args: a sweep may be written where the model folder is not."""
     if looks_like_path(name) and not os.path.isdir(name):
         raise ConfigError(f"--model_name {name}: no such folder ({os.path.abspath(name)}): give a local model "
                           f"folder (python scripts/make_tiny_t5.py DIR writes a tiny T5) or a Hub name such as "

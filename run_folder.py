@@ -260,7 +260,7 @@ class RunFolder:
     def __init__(self, path):
         self.path = path
         self._lock_fd = None
-        self._created = False
+        self._created, self._made = False, []
         self._metrics_checked = False
 
     def file(self, name):
@@ -301,6 +301,11 @@ class RunFolder:
 
     def _lock(self):
         self._created = not os.path.isdir(self.path)
+        self._made = []  # the folders this process creates, deepest first (save_dir too, when it was missing)
+        missing = os.path.abspath(self.path)
+        while not os.path.isdir(missing):
+            self._made.append(missing)
+            missing = os.path.dirname(missing)
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as e:
@@ -345,8 +350,11 @@ class RunFolder:
         os.unlink(self.file(LOCK))  # while still locked, so that no one can take a lock on a file about to go
         os.close(self._lock_fd)
         self._lock_fd = None
-        if self._created and not os.listdir(self.path):
-            os.rmdir(self.path)
+        for folder in self._made:  # the run folder, then a save_dir made for it: gone again when left empty
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (another run's, or files of this one), or already gone
+                break
 
     def _decide(self, args):
         taken = [f for f in OUTPUTS if os.path.exists(self.file(f))]

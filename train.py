@@ -48,7 +48,7 @@ from residual_prompts import models  # noqa: E402
 import run_folder as rf  # noqa: E402
 import tracking  # noqa: E402
 import train_utils as tu  # noqa: E402
-from arguments import build_parser, check_args  # noqa: E402
+from arguments import build_parser, check_args, check_model_folder  # noqa: E402
 from residual_prompts.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED,  # noqa: E402
                                      ConfigError, DataError)
 from train_utils import Interrupted  # noqa: E402
@@ -166,6 +166,7 @@ def run(args, stop: StopSignal):
 def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     if not dist.is_main:  # rank 0 alone prints and writes files
         sys.stdout, args.progress = open(os.devnull, "w"), 0
+    check_model_folder(args.model_name)  # before the data: a mistyped folder is not a Hub name to retry for
     tu.seed_everything(args.seed)  # the same on every rank: the same initial prompt and network
     device = tu.resolve_device(device_name)
 

@@ -93,7 +93,7 @@ def test_a_path_like_model_name_that_does_not_exist_is_refused_at_once(tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and seconds < 3, seconds
     assert len(err.strip().splitlines()) == 1 and "--model_name ./nope: no such folder" in err
-    assert os.listdir(tmp_path) == []  # nothing written, no runs/ left behind
+    assert os.listdir(tmp_path) == []  # a failed first run leaves nothing: not even the runs/ it made (exit 2)
 
 
 @pytest.mark.parametrize("name, path", [("./nope", True), ("/abs/model", True), ("a/b/c", True),
@@ -179,3 +179,18 @@ def test_band_choices_change_the_band_only(table_runs):
         widths[band] = sum(len(c.get_paths()) for c in ax.collections)  # fill_between polygons
         assert band != "sem" or "standard error" in fig.legends[0].get_title().get_text()
     assert widths["none"] == 0 and widths["std"] == widths["sem"] > 0
+
+
+# ---- relative paths: train.py and sweep.py both from the folder they run in ----------------------------------
+def test_sweep_resolves_relative_paths_from_its_folder_as_train_py(sweep, tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--task", "cb", "--save_dir", "runs", "--save_name", "x"]
+    assert sweep.run_dir(argv) == str(tmp_path / "runs" / "x")  # as train.py, run here, writes it
+    spec = tmp_path / "s.json"
+    spec.write_text('{"name": "s", "fixed": {"model_name": "t5-small", "save_dir": "runs"}, "grid": {"task": ["cb"]}}')
+    assert sweep.main(["sbatch", str(spec), "-o", "job.sbatch"]) == 0
+    text = (tmp_path / "job.sbatch").read_text()
+    assert f"#SBATCH --chdir={tmp_path}" in text.splitlines()  # the job's runs start here too
+    assert f"exec bash {ROOT}/scripts/requeue_on_signal.sh" in text and f"{ROOT}/scripts/sweep.py run" in text
