@@ -373,6 +373,15 @@ def mixed_arguments(runs: list[Run]) -> dict[str, list]:
     return out
 
 
+def repeated_seeds(runs: list[Run]) -> dict[tuple, list[str]]:
+    """{(seed, data_seed): paths} of the seed pairs that more than one of ``runs`` trained with: pooled, such runs
+    are not independent replicates (the same seeds, the same arguments: the same numbers)."""
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault((r.args.get("seed"), r.args.get("data_seed")), []).append(r.path)
+    return {k: v for k, v in by_seed.items() if len(v) > 1}
+
+
 def _sortable(values):
     try:
         sorted(json.loads(v) for v in values)

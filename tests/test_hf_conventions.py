@@ -194,3 +194,15 @@ def test_sweep_resolves_relative_paths_from_its_folder_as_train_py(sweep, tmp_pa
     text = (tmp_path / "job.sbatch").read_text()
     assert f"#SBATCH --chdir={tmp_path}" in text.splitlines()  # the job's runs start here too
     assert f"exec bash {ROOT}/scripts/requeue_on_signal.sh" in text and f"{ROOT}/scripts/sweep.py run" in text
+
+
+def test_make_table_says_when_a_cell_pools_runs_of_the_same_seed(tmp_path, capsys):
+    from test_workflow_tables import make_table
+
+    for name in ("a", "b"):  # the same run twice, under two names
+        write_run(tmp_path / "runs", f"cb_{name}", [0.5, 0.6], 0.55, seed=1, **PT)
+    write_run(tmp_path / "runs", "cb_c", [0.5, 0.7], 0.6, seed=2, **PT)
+    assert make_table.main([str(tmp_path / "runs")]) == 0
+    err = capsys.readouterr().err
+    assert "cell PT / cb pools 2 runs of the same seed 1, data_seed 0 (n counts each)" in err
+    assert "cb_a" in err and "cb_b" in err and "cb_c" not in err
