@@ -199,7 +199,14 @@ def build_parser(description: str = "") -> Parser:
 
     def a(name, *aliases, **kwargs):
         return section[name[2:]].add_argument(name, *aliases, **kwargs)
-    # ---- flags of the original train.py: same names, types and default meaning (0/1 integers are booleans) ----
+
+    _original_flags(a)
+    _new_flags(a)
+    return p
+
+
+def _original_flags(a):
+    """The flags of the original train.py: same names, types and default meaning (0/1 integers are booleans)."""
     a("--save_dir", type=str, default="runs", help="base directory of runs (original flag)")
     a("--save_name", type=str, required=True, help="run folder name inside save_dir (original flag)")
     a("--task", "--task_name", type=task_name, required=True, metavar="TASK",
@@ -215,7 +222,8 @@ def build_parser(description: str = "") -> Parser:
       help="max input length, prompt included (paper: 512); [causal_lm] prompt + source + target")
     a("--prefix_len", type=int, default=10, help="prompt length P; 0 = no prompt (full fine-tuning)")
     a("--prefix_path", type=str, default="", help="a .npy [P, H] prompt to start from (= --prompt_init file)")
-    a("--lr", "--learning_rate", type=float, default=0.3, help="learning rate of prompt and model (paper: 0.3; fine-tuning 3e-4)")
+    a("--lr", "--learning_rate", type=float, default=0.3,
+      help="learning rate of prompt and model (paper: 0.3; fine-tuning 3e-4)")
     a("--mlp_dropout", type=float, default=0.0, help="dropout in MLP1/MLP2, before the LayerNorm")
     a("--limit_val_set", type=int, default=-1, help="keep at most N validation rows per class (-1: all); "
       "the original parsed this and ignored it")
@@ -238,7 +246,10 @@ def build_parser(description: str = "") -> Parser:
     a("--mlp_layer_norm", type=int, default=1, choices=[0, 1], help="LayerNorm in MLP1/MLP2")
     a("--nonlinearity", type=str, default="relu", choices=["relu", "tanh", "sigm"], help="MLP activation")
     a("--bottleneck_size", type=int, default=800, help="MLP bottleneck width M (original default 800)")
-    # ---- new flags ----
+
+
+def _new_flags(a):
+    """This implementation's flags (``a``: build_parser's add_argument into the flag's --help section)."""
     a("--seed", type=int, default=0, help="seed of prompt init, reparameterization init and dropout")
     a("--data_seed", type=int, default=0, help="seed of data order and few-shot selection (original: 0)")
     a("--device", type=str, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
@@ -297,7 +308,6 @@ def build_parser(description: str = "") -> Parser:
            "impossible); 0 = never")
     a("--push_to_hub", type=str, default=None, metavar="REPO",
       help="after the run, upload RUN/adapter/ to the Hub model repository REPO (needs a token: hf auth login)")
-    return p
 
 
 def _default(name):

@@ -480,7 +480,8 @@ def _train_epoch(wrapper, optimizer, train, cfg, hooks, state, epoch, stop_reque
             hooks.on_checkpoint(state)
 
     def logs(i):  # this step is logged (the Trainer's logging_steps)
-        return hooks.on_metrics is not None and cfg.log_every_steps and (epoch * steps + i + 1) % cfg.log_every_steps == 0
+        every = cfg.log_every_steps
+        return hooks.on_metrics is not None and every and (epoch * steps + i + 1) % every == 0
 
     def log(i, norms):
         step = epoch * steps + i + 1  # global, as transformers' Trainer counts
@@ -520,7 +521,8 @@ def epoch_record(epoch, steps, first_step, epoch_loss, seconds, res, n_val):
     eval_loss, eval_score (the early-stopping score: results.json's score) and the official metrics under their
     Hugging Face names (metrics.HF_NAMES: eval_accuracy, eval_f1, eval_matthews_correlation...), eval_runtime."""
     record = {"epoch": float(epoch + 1), "step": (epoch + 1) * steps, "epoch_loss": epoch_loss,
-              "epoch_runtime": round(seconds, 3), "steps_per_second": round((steps - first_step) / max(seconds, 1e-9), 3)}
+              "epoch_runtime": round(seconds, 3),
+              "steps_per_second": round((steps - first_step) / max(seconds, 1e-9), 3)}
     if res is not None:
         record.update({"eval_loss": res["loss"], "eval_score": res["score"], **data_utils.hf_metrics(res["official"]),
                        "eval_runtime": res["runtime"],

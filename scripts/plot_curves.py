@@ -167,7 +167,8 @@ def curves_figure(df, tasks, per_row=5, band="std", pooled=None):
     stats = mean_std(df, ["label", "task", "epoch"], ["score", "loss"])
     ncol = min(per_row, len(tasks))
     bands = -(-len(tasks) // ncol)
-    fig, axes = plt.subplots(2 * bands, ncol, figsize=(3.6 * ncol + LEGEND_INCHES, 5.6 * bands), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(2 * bands, ncol, figsize=(3.6 * ncol + LEGEND_INCHES, 5.6 * bands), squeeze=False,
+                             layout="constrained")
     for j in range(bands * ncol):
         top, bottom = axes[2 * (j // ncol), j % ncol], axes[2 * (j // ncol) + 1, j % ncol]
         if j >= len(tasks):
@@ -208,7 +209,8 @@ def lr_figure(df, tasks, metric, band="std", pooled=None):
     labels = _labels_in_order(df)
     styles = _styles(labels)
     stats = mean_std(df, ["label", "task", "lr"], ["score"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks) + LEGEND_INCHES, 3.4), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks) + LEGEND_INCHES, 3.4), squeeze=False,
+                             layout="constrained")
     for j, task in enumerate(tasks):
         ax = axes[0, j]
         for lab in labels:
