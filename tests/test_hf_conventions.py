@@ -144,7 +144,7 @@ def test_the_y_axis_names_each_tasks_metric_and_epochs_count_from_1(table_runs):
     top = fig.axes[:2]  # the score panels of the first row
     assert [ax.get_title() for ax in top] == ["cb", "rte_superglue"]
     assert [ax.get_ylabel() for ax in top] == ["mean of accuracy and macro-F1 x 100", "accuracy x 100"]
-    assert fig.axes[2].get_xlabel() == "epoch"
+    assert fig.axes[2].get_xlabel() == "epoch (1 = after the first)"
 
 
 def test_a_line_across_a_swept_argument_is_refused_unless_grouped_or_pooled(table_runs, tmp_path, capsys):
