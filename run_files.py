@@ -11,7 +11,8 @@ importing torch; run_folder.py (which writes runs, with torch) builds on it.
     model/           the model, when its weights trained (save_pretrained)
     adapter/         the PEFT adapter of a T5 prompt run (peft_adapter.py)
     train_state.pt   while training: everything to continue exactly (removed once complete)
-    metrics.jsonl, all_results.json, predictions_{val,test}.jsonl, tensorboard/   transformers-style side outputs
+    metrics.jsonl, all_results.json, trainer_state.json, predictions_{val,test}.jsonl, tensorboard/
+                     transformers-style side outputs, metrics under Hugging Face's names (metrics.HF_NAMES)
     .lock            exists (locked with fcntl.flock) while a run writes the folder: pid and host
 """
 from __future__ import annotations
@@ -24,12 +25,14 @@ import sys
 from dataclasses import dataclass
 
 from residual_prompts.errors import ConfigError
+from residual_prompts.metrics import hf_metrics
 from residual_prompts.tasks import TASKS
 
 ARGS, RESULTS, SCORES, PROMPT, CHECKPOINT = "args.json", "results.json", "score_dict.npy", "prompt.npy", "checkpoint.pt"
 TRAIN_STATE, MODEL_DIR, LOCK, ADAPTER_DIR = "train_state.pt", "model", ".lock", "adapter"
 METRICS_LOG, ALL_RESULTS = "metrics.jsonl", "all_results.json"  # transformers-style outputs beside results.json
 TENSORBOARD_DIR, PREDICTIONS = "tensorboard", "predictions_{split}.jsonl"
+TRAINER_STATE = "trainer_state.json"
 OUTPUTS = (RESULTS, CHECKPOINT, PROMPT, SCORES, TRAIN_STATE)  # files that make a folder a run's
 # Arguments that do not define a run: they may change when a run is resumed (another machine, paths, logging,
 # speed options that do not change numbers). The one list: resume checks and sweep tables both use it.
@@ -75,17 +78,22 @@ def all_results(results: dict) -> dict:
     """all_results.json, flat as transformers' run_glue writes it: ``epoch`` = epochs trained (a float, as the
     Trainer writes it), ``train_loss`` = the mean training loss over the whole run (the mean of the epochs' mean
     losses: every epoch has the same number of steps), ``train_runtime`` = the run's wall time, ``eval_*`` = the
-    validation of the best state (at ``best_epoch``, 0-based as in results.json), ``test_*`` = its test half."""
+    validation of the best state, ``test_*`` = its test half, each metric under its Hugging Face name
+    (eval_accuracy, eval_f1, ...: metrics.HF_NAMES) beside eval_loss and eval_score (the early-stopping score);
+    ``best_epoch``: the epoch of that validation counted as metrics.jsonl counts (1.0 = after the first epoch;
+    results.json's best_epoch counts from 0)."""
     losses = [x for x in results.get("train", {}).get("loss") or [] if x is not None]
-    flat = {"epoch": float(len(losses)), "best_epoch": results.get("best_epoch"),
-            "train_runtime": results.get("wall_time_s"),
-            "train_samples": (results.get("n_examples") or {}).get("train"),
+    n_train, runtime = (results.get("n_examples") or {}).get("train"), results.get("wall_time_s")
+    best_epoch = results.get("best_epoch")
+    flat = {"epoch": float(len(losses)), "best_epoch": None if best_epoch is None else float(best_epoch + 1),
+            "train_runtime": runtime, "train_samples": n_train,
+            "train_samples_per_second": round(n_train * len(losses) / runtime, 3) if n_train and runtime else None,
             "train_loss": sum(losses) / len(losses) if losses else None}
-    best = next((e for e in results.get("validation", []) if e["epoch"] == results.get("best_epoch")), None)
+    best = next((e for e in results.get("validation", []) if e["epoch"] == best_epoch), None)
     for prefix, entry in (("eval", best), ("test", results.get("test"))):
         if entry:
-            flat[f"{prefix}_score"], flat[f"{prefix}_loss"] = entry["score"], entry["loss"]
-            flat.update({f"{prefix}_{k}": v for k, v in (entry.get("official") or {}).items()})
+            flat[f"{prefix}_loss"], flat[f"{prefix}_score"] = entry["loss"], entry["score"]
+            flat.update(hf_metrics(entry.get("official") or {}, prefix))
     return flat
 
 
@@ -98,9 +106,34 @@ def run_outputs(path) -> list[str]:
     except OSError:
         return []
     prefix, suffix = PREDICTIONS.split("{split}")
-    names = [RESULTS, *OUTPUTS, METRICS_LOG, ALL_RESULTS, MODEL_DIR, ADAPTER_DIR, TENSORBOARD_DIR]
+    names = [RESULTS, *OUTPUTS, METRICS_LOG, ALL_RESULTS, TRAINER_STATE, MODEL_DIR, ADAPTER_DIR, TENSORBOARD_DIR]
     names += sorted(n for n in present if n.startswith(prefix) and n.endswith(suffix))
     return [n for n in dict.fromkeys(names) if n in present]
+
+
+def train_summary(flat: dict, step: int) -> dict:
+    """The last line of metrics.jsonl and log_history, as the Trainer's after training: from all_results."""
+    return {"epoch": flat["epoch"], "step": step,
+            **{k: flat[k] for k in ("train_runtime", "train_samples_per_second", "train_loss")}}
+
+
+def trainer_state(records: list[dict], flat: dict, args: dict) -> dict:
+    """trainer_state.json, the fields of transformers' Trainer that readers use: ``log_history`` = metrics.jsonl's
+    records (where a resumed run logged a step twice, the later line), epoch, global_step, max_steps, num_train_epochs,
+    train_batch_size, logging_steps, best_metric (eval_score of the best validation) and best_global_step."""
+    kept = {}
+    for r in records:
+        kind = "eval" if any(k.startswith("eval_") for k in r) else "end" if "train_runtime" in r else "log"
+        kept.pop((r.get("step"), kind), None)
+        kept[(r.get("step"), kind)] = r
+    history = sorted(kept.values(), key=lambda r: r.get("step") or 0)  # stable: a step's log line, then its epoch's
+    step = max((r.get("step") or 0 for r in history), default=0)
+    best = next((r for r in history if flat.get("best_epoch") is not None and "eval_score" in r
+                 and r.get("epoch") == flat["best_epoch"]), None)
+    return {"log_history": history, "epoch": flat.get("epoch"), "global_step": step, "max_steps": step,
+            "num_train_epochs": args.get("num_epochs"), "train_batch_size": args.get("batch_size"),
+            "logging_steps": args.get("log_every_steps"), "best_metric": None if best is None else best["eval_score"],
+            "best_global_step": None if best is None else best["step"]}
 
 
 # ---- the "complete" decision, in one place ---------------------------------------------------------------------
@@ -338,6 +371,15 @@ def mixed_arguments(runs: list[Run]) -> dict[str, list]:
         if len(values) > 1:
             out[k] = sorted(json.loads(v) for v in values) if _sortable(values) else [json.loads(v) for v in values]
     return out
+
+
+def repeated_seeds(runs: list[Run]) -> dict[tuple, list[str]]:
+    """{(seed, data_seed): paths} of the seed pairs that more than one of ``runs`` trained with: pooled, such runs
+    are not independent replicates (the same seeds, the same arguments: the same numbers)."""
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault((r.args.get("seed"), r.args.get("data_seed")), []).append(r.path)
+    return {k: v for k, v in by_seed.items() if len(v) > 1}
 
 
 def _sortable(values):

@@ -28,8 +28,8 @@ from residual_prompts.base import PARTS
 from residual_prompts.errors import ConfigError
 from run_files import *  # noqa: F401,F403  (the file names, the complete decision and the readers, re-exported)
 from run_files import (ALL_RESULTS, ARGS, CHECKPOINT, LOCK, METRICS_LOG, MODEL_DIR, OUTPUTS, PROMPT,
-                       PREDICTIONS, RESULTS, SCORES, TENSORBOARD_DIR, TRAIN_STATE, all_results, differing_args,
-                       is_complete, read_json, run_outputs, run_problem)
+                       PREDICTIONS, RESULTS, SCORES, TENSORBOARD_DIR, TRAIN_STATE, TRAINER_STATE, all_results,
+                       differing_args, is_complete, read_json, run_outputs, run_problem, train_summary, trainer_state)
 from train_utils import History, TrainState
 
 _UMASK = os.umask(0)
@@ -260,7 +260,7 @@ class RunFolder:
     def __init__(self, path):
         self.path = path
         self._lock_fd = None
-        self._created = False
+        self._created, self._made = False, []
         self._metrics_checked = False
 
     def file(self, name):
@@ -301,6 +301,11 @@ class RunFolder:
 
     def _lock(self):
         self._created = not os.path.isdir(self.path)
+        self._made = []  # the folders this process creates, deepest first (save_dir too, when it was missing)
+        missing = os.path.abspath(self.path)
+        while not os.path.isdir(missing):
+            self._made.append(missing)
+            missing = os.path.dirname(missing)
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as e:
@@ -345,8 +350,11 @@ class RunFolder:
         os.unlink(self.file(LOCK))  # while still locked, so that no one can take a lock on a file about to go
         os.close(self._lock_fd)
         self._lock_fd = None
-        if self._created and not os.listdir(self.path):
-            os.rmdir(self.path)
+        for folder in self._made:  # the run folder, then a save_dir made for it: gone again when left empty
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (another run's, or files of this one), or already gone
+                break
 
     def _decide(self, args):
         taken = [f for f in OUTPUTS if os.path.exists(self.file(f))]
@@ -409,9 +417,28 @@ class RunFolder:
         text = "".join(json.dumps(_plain(r), allow_nan=False) + "\n" for r in rows)
         atomic_write(self.file(PREDICTIONS.format(split=split)), lambda f: f.write(text.encode()))
 
-    def write_all_results(self, results: dict):
-        """all_results.json (run_files.all_results: flat, as transformers' run_glue writes it)."""
-        save_json(self.file(ALL_RESULTS), all_results(results))
+    def write_all_results(self, results: dict, args: dict) -> dict:
+        """all_results.json (run_files.all_results: flat, as transformers' run_glue writes it), the run's summary
+        appended to metrics.jsonl, and trainer_state.json (its log_history: metrics.jsonl). Returns the summary."""
+        flat = all_results(results)
+        save_json(self.file(ALL_RESULTS), flat)
+        records = self.read_metrics()
+        summary = train_summary(flat, max((r.get("step") or 0 for r in records), default=0))
+        self.log_metrics(summary)
+        save_json(self.file(TRAINER_STATE), trainer_state(records + [summary], flat, args))
+        return summary
+
+    def read_metrics(self) -> list[dict]:
+        """metrics.jsonl's records (a line cut short by a kill is left out)."""
+        out = []
+        if os.path.exists(self.file(METRICS_LOG)):
+            with open(self.file(METRICS_LOG)) as f:
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        continue
+        return out
 
     def write_state(self, *a, **kw):
         save_train_state(self.file(TRAIN_STATE), *a, **kw)

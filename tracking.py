@@ -1,7 +1,9 @@
 """Experiment tracking (--report_to): TensorBoard or Weights & Biases, imported only when asked for.
 
-A tracker gets the run's arguments once (config), then every record of metrics.jsonl: step losses and learning
-rate every --log_every_steps steps, and each epoch's summary with its validation metrics. Only rank 0 reports.
+A tracker gets the run's arguments once (config), then every record of metrics.jsonl: step loss, learning_rate and
+grad_norm every --log_every_steps steps, each epoch's summary with its validation metrics (eval_accuracy, eval_loss,
+...: Hugging Face's names, residual_prompts.metrics.HF_NAMES), and the run's summary (train_loss, train_runtime) at
+the end. Only rank 0 reports.
 """
 from __future__ import annotations
 
@@ -54,15 +56,14 @@ class WandB(NoTracker):
 
 
 def _scalars(record):
-    """(tag, number) pairs: eval_* -> eval/*, the rest -> train/*; list metrics (two-number ones) get /0, /1."""
+    """(tag, number) pairs, tagged as transformers' TensorBoardCallback rewrites the Trainer's logs: eval_* ->
+    eval/*, test_* -> test/*, the rest -> train/* (eval_accuracy -> eval/accuracy, loss -> train/loss); epoch and
+    step are the x axis, NaN is left out. Every key is a metrics.jsonl name: the tags are those names."""
     for key, value in record.items():
-        if key in ("epoch", "step"):
+        if key in ("epoch", "step") or not isinstance(value, numbers.Number) or value != value:
             continue
-        tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for i, v in enumerate(values):
-            if isinstance(v, numbers.Number) and v == v:  # numbers, not NaN
-                yield (tag if len(values) == 1 else f"{tag}/{i}"), float(v)
+        prefix = next((p for p in ("eval", "test") if key.startswith(p + "_")), None)
+        yield (f"{prefix}/{key[len(prefix) + 1:]}" if prefix else f"train/{key}"), float(value)
 
 
 def check_available(kind: str) -> None:

@@ -48,7 +48,7 @@ from residual_prompts import models  # noqa: E402
 import run_folder as rf  # noqa: E402
 import tracking  # noqa: E402
 import train_utils as tu  # noqa: E402
-from arguments import build_parser, check_args  # noqa: E402
+from arguments import build_parser, check_args, check_model_folder  # noqa: E402
 from residual_prompts.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED,  # noqa: E402
                                      ConfigError, DataError)
 from train_utils import Interrupted  # noqa: E402
@@ -166,6 +166,7 @@ def run(args, stop: StopSignal):
 def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     if not dist.is_main:  # rank 0 alone prints and writes files
         sys.stdout, args.progress = open(os.devnull, "w"), 0
+    check_model_folder(args.model_name)  # before the data: a mistyped folder is not a Hub name to retry for
     tu.seed_everything(args.seed)  # the same on every rank: the same initial prompt and network
     device = tu.resolve_device(device_name)
 
@@ -231,13 +232,14 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
     try:
         with stop.deferred():
             history, best = tu.fit(wrapper, optimizer, train, val, cfg, hooks, state, test)
-    except tu.NonFiniteLoss as e:
+    except BaseException as e:  # the tracker stays open on success, for the run's summary
+        tracker.close()
+        if not isinstance(e, tu.NonFiniteLoss):
+            raise
         write_results(state.history, final={"error": str(e)})
         print(f"train.py: error: {e} (the last good checkpoint and the best state are kept in {folder.path})",
               file=sys.stderr)
         return EXIT_DIVERGED
-    finally:
-        tracker.close()
 
     # ---- final evaluation with the best state, then save ----
     if dist.any(bool(stop), device):  # noted at the last step: train_state.pt holds it all, the rerun evaluates
@@ -251,8 +253,9 @@ def _train(args, stop, folder, mode, saved, dist, device_name, t0):
                 folder.write_predictions(split, [data_utils.prediction_record(task, row, pred)
                                                  for row, pred in zip(splits[split], preds)])
             folder.save_final(best, arg_dict, history, wrapper)
-            folder.write_all_results(write_results(history, final=final, complete=True))
+            tracker.log(folder.write_all_results(write_results(history, final=final, complete=True), arg_dict))
             folder.finish()
+        tracker.close()
         stop.exit_code = 0  # complete: a stop from here on cannot make it a failure
         print(f"done: {task.name}{_summary(history, final)} -> {folder.path}")
         if dist.is_main and wrapper.PEFT_EXACT and args.prefix_len > 0:

@@ -159,7 +159,8 @@ def _device(wrapper):
 @torch.no_grad()
 def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=None, dist=SINGLE):
     """Greedy generation (T5) or the head's prediction (encoders) + the original's normalization and metric, the
-    official metric, and the loss. Returns {"score", "metric", "official", "loss", "predictions", "targets"}.
+    official metric, and the loss. Returns {"score", "metric", "official", "loss", "predictions", "targets",
+    "runtime"}.
 
     Runs with the wrapper in eval mode (as the original's validate()) and restores the previous modes. Each batch
     runs the model's encoder once, for both the predictions and the loss (the wrapper's evaluate_batch). Batches
@@ -172,7 +173,7 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
     weights need every rank in every forward), every row is scored once, and the results are gathered on every
     rank.
     """
-    modes = [(m, m.training) for m in wrapper.modules()]
+    modes, t0 = [(m, m.training) for m in wrapper.modules()], time.time()
     wrapper.eval()
     device = _device(wrapper)
     try:
@@ -200,6 +201,7 @@ def evaluate(wrapper, split, task, *, batch_size, loss_batch_size=None, pad_to=N
                                      official_groups=split.official_groups)
         result["loss"] = mean_of_batch_means(sums, counts, loss_batch_size or batch_size)
         result["predictions"], result["targets"] = decoded, targets
+        result["runtime"] = round(time.time() - t0, 4)  # seconds: eval_runtime
         return result
     finally:
         for m, was_training in modes:
@@ -360,13 +362,15 @@ class Hooks:
 _NO_SCALER = torch.amp.GradScaler("cpu", enabled=False)
 
 
-def train_step(wrapper, optimizer, batch, prompt=None, scaler=None, dist=SINGLE):
+def train_step(wrapper, optimizer, batch, prompt=None, scaler=None, dist=SINGLE, grad_norms=None):
     """One optimizer step on one batch, as the original's loop: loss.backward(); step(); zero_grad().
     ``prompt`` is the projected prompt of this step (computed by the caller when it also generates with it).
     ``scaler``: the fp16 GradScaler; a disabled one (the default) passes everything through unchanged.
     ``batch`` is the global batch; this process backpropagates its slice's loss sum over the global target count
     (the wrapper's n_targets), and the gradients are summed over the processes (nothing to do for one), so N
-    processes follow the 1-process run. Returns the (global) loss: a detached tensor, no host sync here."""
+    processes follow the 1-process run. ``grad_norms``: a list to append this step's gradient norm to (the L2 norm
+    over every trainable parameter, unscaled, before the step: the Trainer's grad_norm). Returns the (global) loss:
+    a detached tensor, no host sync here."""
     scaler = scaler or _NO_SCALER
     if prompt is None:
         prompt = wrapper.projected_prompt()
@@ -376,7 +380,12 @@ def train_step(wrapper, optimizer, batch, prompt=None, scaler=None, dist=SINGLE)
     sums, _ = wrapper.token_losses(local, prompt)
     loss = sums.sum() * weight / wrapper.n_targets(batch)
     scaler.scale(loss).backward()
-    dist.all_reduce_grads([p for group in optimizer.param_groups for p in group["params"]])
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    dist.all_reduce_grads(params)
+    if grad_norms is not None:
+        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        norm = torch.stack(grads).norm() if grads else torch.zeros(())
+        grad_norms.append(norm / scaler.get_scale() if scaler.is_enabled() else norm)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -429,11 +438,8 @@ def fit(wrapper, optimizer, train, val, cfg: FitConfig, hooks: Hooks | None = No
         history.train_acc.append(data_utils.evaluate(cfg.task, part["decoded"], part["targets"], training=True)
                                  ["metric"] if part["decoded"] else float("nan"))
         res = _validate(wrapper, val, test, cfg, state, epoch) if epoch % cfg.eval_every == 0 else None
-        steps = num_batches(len(train), cfg.batch_size) - first_step
-        record = {"epoch": epoch, "step": (epoch + 1) * num_batches(len(train), cfg.batch_size),
-                  "train_loss": history.train_loss[-1], "epoch_seconds": round(seconds, 3),
-                  "steps_per_second": round(steps / max(seconds, 1e-9), 3),
-                  **({} if res is None else {f"eval_{k}": res[k] for k in ("score", "metric", "loss")})}
+        record = epoch_record(epoch, num_batches(len(train), cfg.batch_size), first_step, history.train_loss[-1],
+                              seconds, res, len(val))
         tqdm.write(_epoch_line(record))
         if hooks.on_metrics is not None:
             hooks.on_metrics(record)
@@ -473,11 +479,15 @@ def _train_epoch(wrapper, optimizer, train, cfg, hooks, state, epoch, stop_reque
         if save and hooks.on_checkpoint is not None:
             hooks.on_checkpoint(state)
 
-    def log(i):
+    def logs(i):  # this step is logged (the Trainer's logging_steps)
+        every = cfg.log_every_steps
+        return hooks.on_metrics is not None and every and (epoch * steps + i + 1) % every == 0
+
+    def log(i, norms):
         step = epoch * steps + i + 1  # global, as transformers' Trainer counts
-        if hooks.on_metrics is not None and cfg.log_every_steps and step % cfg.log_every_steps == 0:
-            recent = _as_floats(part["losses"][-cfg.log_every_steps:])  # this epoch's part of the last N steps
-            hooks.on_metrics({"epoch": epoch, "step": step, "loss": float(np.mean(recent)), "lr": lr})
+        recent = _as_floats(part["losses"][-cfg.log_every_steps:])  # this epoch's part of the last N steps
+        hooks.on_metrics({"epoch": round(step / steps, 4), "step": step, "loss": float(np.mean(recent)),
+                          "learning_rate": lr, "grad_norm": float(norms[0])})
 
     batches = make_batches(train, cfg.batch_size, cfg.task.target_len, cfg.pad_to, cfg.order)
     for i, batch in enumerate(tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False,
@@ -490,9 +500,11 @@ def _train_epoch(wrapper, optimizer, train, cfg, hooks, state, epoch, stop_reque
             dec, tgt = wrapper.decode(batch, prompt, cfg.task.target_len)
             part["decoded"] += dec
             part["targets"] += tgt
-        part["losses"].append(train_step(wrapper, optimizer, batch, prompt, cfg.scaler, cfg.dist))
+        norms = [] if logs(i) else None
+        part["losses"].append(train_step(wrapper, optimizer, batch, prompt, cfg.scaler, cfg.dist, norms))
         state.step = i + 1
-        log(i)
+        if norms is not None:
+            log(i, norms)
         stop = state.step < steps and stop_requested()
         every = cfg.save_every_steps and (epoch * steps + state.step) % cfg.save_every_steps == 0
         if stop or (state.step < steps and every):
@@ -502,14 +514,30 @@ def _train_epoch(wrapper, optimizer, train, cfg, hooks, state, epoch, stop_reque
     checkpoint(save=False)
 
 
+def epoch_record(epoch, steps, first_step, epoch_loss, seconds, res, n_val):
+    """An epoch's line of metrics.jsonl (and trainer_state.json's log_history, the tracker, the log line), under
+    transformers' Trainer's names: ``epoch`` a float counted from 1 after the first epoch (results.json counts its
+    validations from 0), ``step`` global; the epoch's mean training loss and speed; with a validation ``res``,
+    eval_loss, eval_score (the early-stopping score: results.json's score) and the official metrics under their
+    Hugging Face names (metrics.HF_NAMES: eval_accuracy, eval_f1, eval_matthews_correlation...), eval_runtime."""
+    record = {"epoch": float(epoch + 1), "step": (epoch + 1) * steps, "epoch_loss": epoch_loss,
+              "epoch_runtime": round(seconds, 3),
+              "steps_per_second": round((steps - first_step) / max(seconds, 1e-9), 3)}
+    if res is not None:
+        record.update({"eval_loss": res["loss"], "eval_score": res["score"], **data_utils.hf_metrics(res["official"]),
+                       "eval_runtime": res["runtime"],
+                       "eval_samples_per_second": round(n_val / max(res["runtime"], 1e-9), 3)})
+    return record
+
+
 def _epoch_line(r):
-    """One log line per epoch, fit for files and SLURM logs: time, epoch, loss, speed, validation."""
-    text = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {r['epoch']}: train loss {r['train_loss']:.4f} | "
-            f"{r['epoch_seconds']:.1f} s, {r['steps_per_second']:.2f} steps/s")
-    if "eval_score" in r:
-        metric = "/".join(f"{v:.4f}" for v in np.atleast_1d(r["eval_metric"]))
-        text += f" | validation score {r['eval_score']:.4f} (metric {metric}) loss {r['eval_loss']:.4f}"
-    return text
+    """One log line per epoch, fit for files and SLURM logs: time, epoch, loss, speed, validation; every number
+    under its metrics.jsonl name."""
+    text = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {r['epoch']:g}: epoch_loss {r['epoch_loss']:.4f} | "
+            f"{r['epoch_runtime']:.1f} s, {r['steps_per_second']:.2f} steps/s")
+    evals = [f"{k} {v:.4f}" for k, v in r.items() if k.startswith("eval_") and "runtime" not in k
+             and "per_second" not in k and isinstance(v, float)]
+    return text + (" | " + " ".join(evals) if evals else "")
 
 
 def _validate(wrapper, val, test, cfg, state, epoch):

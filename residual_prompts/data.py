@@ -367,8 +367,8 @@ def _local_path(task, split, data_dir):
         if os.path.isfile(path):
             return path
     expected = under_bench if os.path.isdir(os.path.join(data_dir, task.local_dir)) else under_root
-    raise DataError(f"missing data file {expected}: download {title} ({task.local_dir}/{fname}) "
-                    f"or drop --data_dir to use the Hub")
+    raise DataError(f"missing data file {expected}: download {title} ({task.local_dir}/{fname}; python "
+                    f"scripts/get_data.py DIR --tasks {task.name} writes it) or drop --data_dir to use the Hub")
 
 
 def _load_hub(task, split):
@@ -379,7 +379,8 @@ def _load_hub(task, split):
     except Exception as e:  # network, auth, renamed repos: one line with the way out
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(f"cannot load {'/'.join(task.hub)} split {hub_split} from the Hugging Face Hub "
-                        f"({type(e).__name__}: {msg}): check the connection or pass --data_dir") from None
+                        f"({type(e).__name__}: {msg}): check the connection, or pass --data_dir DIR with the official "
+                        f"files (python scripts/get_data.py DIR writes them where the Hub is reachable)") from None
     rename = dict(task.hub_rename)
     where = f"{'/'.join(task.hub)} split {hub_split} (Hugging Face Hub) row"
     return [check_row(task, {rename.get(k, k): v for k, v in row.items()}, f"{where} {i}")

@@ -185,3 +185,28 @@ def constant_score(task: Task, targets: list[str], groups=None, max_labels: int 
         return None
     scores = [evaluate(task, [t] * len(targets), targets, groups=groups)["score"] for t in labels]
     return float(max(0.0 if math.isnan(v) else v for v in scores))
+
+
+# ---------------------------------------------------------------------------------------------- names
+# Metric names, the one table: official_metrics' keys -> the names Hugging Face's `evaluate` gives them (glue and
+# super_glue: cola matthews_correlation, stsb pearson/spearmanr, mrpc/qqp accuracy/f1, cb accuracy/f1 (macro),
+# multirc exact_match/f1_a, record exact_match/f1). transformers' Trainer prefixes them eval_ (test_ for a test
+# split): metrics.jsonl, trainer_state.json, all_results.json, TensorBoard/W&B tags and the log line all use them.
+HF_NAMES = {"acc": "accuracy", "f1": "f1", "f1_macro": "f1", "f1a": "f1_a", "em": "exact_match",
+            "mcc": "matthews_correlation", "pearson": "pearson", "spearman": "spearmanr"}
+# What results.json's "score" (the early-stopping score: the mean of the original metric's values) is, per
+# ORIGINAL_METRICS kind: the y-axis of the plots and the tables.
+SCORE_NAMES = {"mcc": "Matthews correlation", "pearson": "Pearson correlation", "acc": "accuracy",
+               "acc_f1macro": "mean of accuracy and macro-F1", "multirc": "mean of EM and F1",
+               "record": "mean of EM and F1"}
+
+
+def hf_metrics(official: dict, prefix: str = "eval") -> dict:
+    """official_metrics' dict under Hugging Face's names: {"acc": .5, "f1_macro": .3} -> {"eval_accuracy": .5,
+    "eval_f1": .3}. An unknown key keeps its name (prefixed)."""
+    return {f"{prefix}_{HF_NAMES.get(k, k)}": v for k, v in official.items()}
+
+
+def score_name(task: Task) -> str:
+    """What a task's score is, in words ("Matthews correlation" for cola)."""
+    return SCORE_NAMES[task.metric]

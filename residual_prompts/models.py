@@ -78,7 +78,7 @@ def load_model(name):
 
     hf_logging.disable_progress_bar()  # its "Loading weights" bar on stderr is noise around our own output
     hf_logging.set_verbosity_error()  # its load reports and warnings: a failure becomes our one-line error instead
-    local = os.path.sep in name or name.startswith(".") or os.path.exists(name)
+    local = looks_like_path(name) or os.path.exists(name)
     if local and not os.path.isfile(os.path.join(name, "config.json")):
         raise ConfigError(f"--model_name {name}: no config.json there; give a directory written by "
                           f"save_pretrained (e.g. python scripts/make_tiny_t5.py {name}) or a Hub name")
@@ -88,8 +88,9 @@ def load_model(name):
     try:
         config = AutoConfig.from_pretrained(name)
     except Exception as e:
-        raise ConfigError(f"cannot load model {name!r} ({_first_line(e)}); offline, pass --model_name a local "
-                          f"directory with config.json, weights and tokenizer files") from None
+        raise ConfigError(f"cannot load model {name!r} ({_first_line(e)}; no folder {name} here either); offline, "
+                          f"pass --model_name a local directory with config.json, weights and tokenizer files "
+                          f"(python scripts/make_tiny_t5.py DIR writes a tiny T5; data: scripts/get_data.py)") from None
     family = family_of(config)
     if family is None:
         raise ConfigError(f"--model_name {name} is a {config.model_type!r} model; train.py tunes prompts for "
@@ -105,6 +106,12 @@ def load_model(name):
     _check_loaded(name, config, tokenizer)
     FAMILIES[family].prepare_tokenizer(name, config, tokenizer)
     return model, tokenizer
+
+
+def looks_like_path(name: str) -> bool:
+    """A model name that can only be a folder: it starts with '.' or '/', holds the system's own separator
+    where that is not '/', or more than one '/' (a Hub id is NAME or OWNER/NAME)."""
+    return name.startswith((".", "/")) or (os.sep != "/" and os.sep in name) or name.count("/") > 1
 
 
 def _check_loaded(name, config, tokenizer):

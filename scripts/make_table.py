@@ -258,6 +258,15 @@ def to_markdown(wide):
     return "\n".join(lines)
 
 
+def _say_repeated_seeds(df, by_path, group_by):
+    """A warning per cell that pools runs of the same seed pair (say a run copied twice, or rerun under another
+    name): n counts each of them."""
+    for key, part in df[df["method"] != BASELINE].groupby(["method", *group_by, "task"], sort=False, dropna=False):
+        for (seed, data_seed), paths in run_files.repeated_seeds([by_path[p] for p in part["path"]]).items():
+            print(f"make_table.py: warning: cell {' / '.join(map(str, key))} pools {len(paths)} runs of the same "
+                  f"seed {seed}, data_seed {data_seed} (n counts each): {', '.join(paths)}", file=sys.stderr)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -275,6 +284,7 @@ def main(argv=None):
         return EXIT_BAD_INPUT
 
     by_path = {r.path: r for r in runs}
+    _say_repeated_seeds(df, by_path, group_by)
     if args.baseline:
         if args.metric != "test" or args.paired:
             print("make_table.py: error: --baseline goes with --metric test and the table (not --paired)",

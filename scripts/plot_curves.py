@@ -1,24 +1,30 @@
 """Plot finished runs: validation curves per method, and score against learning rate.
 
     python scripts/plot_curves.py runs/ --out plots/
-    python scripts/plot_curves.py runs/ --out plots/ --group_by prefix_len --metric test
+    python scripts/plot_curves.py runs/ --out plots/ --group_by prefix_len --metric test --format pdf
 
-Writes into --out:
-  val_curves.png   per task the validation score x 100 over the validation loss, against the epoch (1-based;
-                   five tasks per row, then wrapping); per method a line for the mean over seeds and a band of ± the sample
-                   std (ddof=1; no band for a single seed, and at an epoch that only some seeds reached, the mean of
-                   those)
+Writes into --out (--format png at 300 dpi, pdf or svg; --figures picks which):
+  val_curves.png   per task its validation score x 100 (the y-axis names it: accuracy, Matthews correlation,
+                   Pearson correlation, mean of accuracy and macro-F1...) over the validation loss, against the
+                   epoch as the logs count it (1 = after the first epoch, as metrics.jsonl); five tasks per row,
+                   then wrapping; per method a line for the mean over seeds and a band (--band: ± the sample std,
+                   ddof=1, or ± its standard error; no band for a single seed; at an epoch that only some seeds
+                   reached, the mean of those)
   score_vs_lr.png  only when runs of one method and task differ in --lr: the score (--metric: best_val or test)
                    x 100 against lr on a log axis whose ticks are the rates tried (labelled as written: 0.001,
-                   0.3, 10), mean ± sample std over seeds, one panel per task
-The legend's title says what line and band are: the mean and ± the sample std over N seeds (runs that differ only
-in --seed/--data_seed), with N, or its range where curves have different numbers of seeds.
-Runs are found and labelled as in scripts/make_table.py (incomplete runs are skipped with a warning; so are,
-for score_vs_lr.png, runs without the chosen score). Exit codes: 0 done, 2 bad input (one line on stderr).
+                   0.3, 10), mean and band over seeds, one panel per task
+The legend's title says what line and band are and what each line pools: N seeds (runs that differ only in
+--seed/--data_seed), with N or its range, and with --pool the other arguments averaged across. A line whose runs
+differ in another argument (a swept one, say lr or prefix_len) is refused (exit 2, naming it and its values), as in
+scripts/make_table.py: add it to --group_by, or pass --pool to average across it (score_vs_lr.png's x axis is lr:
+lr is never pooled there). Runs are found and labelled as in make_table.py (incomplete runs are skipped with a
+warning; so are, for score_vs_lr.png, runs without the chosen score). Exit codes: 0 done, 2 bad input (one line on
+stderr).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -34,6 +40,12 @@ import pandas as pd  # noqa: E402
 
 import run_files  # noqa: E402  (no torch: reading runs needs none)
 from residual_prompts.errors import EXIT_BAD_INPUT  # noqa: E402
+from residual_prompts.metrics import score_name  # noqa: E402
+from residual_prompts.tasks import TASKS  # noqa: E402
+
+FIGURES = ("val_curves", "score_vs_lr")
+LEGEND_INCHES = 3.4  # the legend's column right of the panels (constrained layout: no gap, no overlap)
+STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (5, 1, 1, 1)), "v")]  # per line: dash and marker
 
 
 
@@ -41,9 +53,18 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR", help="folders searched recursively for runs")
-    p.add_argument("--out", required=True, help="output folder for the PNG files")
-    p.add_argument("--metric", default="best_val", choices=run_files.METRICS, help="the score of score_vs_lr.png")
+    p.add_argument("--out", required=True, help="output folder for the figures")
+    p.add_argument("--metric", default="best_val", choices=run_files.METRICS, help="the score of score_vs_lr")
     p.add_argument("--group_by", default="", help="comma-separated args.json keys that split methods (as make_table)")
+    p.add_argument("--pool", action="store_true",
+                   help="average a line's runs even where they differ in an argument other than the seeds (say "
+                        "lr); the legend says what was pooled. Without it such a line is refused (exit 2)")
+    p.add_argument("--format", default="png", choices=["png", "pdf", "svg"], help="png (300 dpi), pdf or svg")
+    p.add_argument("--figures", default=",".join(FIGURES),
+                   help=f"comma-separated figures to write: {', '.join(FIGURES)} (default: both)")
+    p.add_argument("--band", default="std", choices=["std", "sem", "none"],
+                   help="the band around each mean: ± the sample std over seeds (std), ± its standard error "
+                        "(sem = std / sqrt(n)), or none (default: std)")
     return p
 
 
@@ -52,8 +73,8 @@ def series_label(run, group_by):
 
 
 def curves_frame(runs, group_by):
-    """One row per (run, evaluation): label, task, epoch (1-based: 1 = after the first epoch, as convergence.py and
-    the tables count; results.json counts from 0), score x 100, loss."""
+    """One row per (run, evaluation): label, task, epoch (as the logs count it: 1 = after the first epoch;
+    results.json counts its validations from 0), score x 100, loss."""
     return pd.DataFrame([{"label": series_label(r, group_by), "method": r.method, "task": r.task, "path": r.path,
                           "epoch": e["epoch"] + 1, "score": _x100(e["score"]), "loss": _float(e["loss"])}
                          for r in runs for e in r.results.get("validation", [])])
@@ -77,6 +98,26 @@ def lr_frame(runs, metric, group_by):
     return df, [r.path for r, s in scored if s is None]
 
 
+def pooled_arguments(runs, group_by, axis=None) -> dict:
+    """{argument: its values} that some line would average across (runs of one label and task differing in an
+    argument other than the seeds, the --group_by keys and ``axis``, the figure's x axis)."""
+    lines, pooled = {}, {}
+    for r in runs:
+        lines.setdefault((series_label(r, [g for g in group_by if g != axis]), r.task), []).append(r)
+    for part in lines.values():
+        for k, values in run_files.mixed_arguments(part).items():
+            if k != axis:
+                pooled.setdefault(k, set()).update(json.dumps(v) for v in values)
+    out = {}
+    for k, texts in sorted(pooled.items()):
+        values = [json.loads(v) for v in texts]
+        try:
+            out[k] = sorted(values)
+        except TypeError:  # values of mixed types: as found
+            out[k] = values
+    return out
+
+
 def mean_std(df, by, columns):
     """mean and sample std (ddof=1, NaN for one run) of ``columns`` per ``by``."""
     g = df.groupby(by, sort=True)
@@ -89,29 +130,45 @@ def _labels_in_order(df):
     return sorted(methods, key=lambda lab: (run_files.method_rank(methods[lab]), lab))
 
 
-def _band(ax, x, mean, std, color, label, log=False):
-    line, = ax.plot(x, mean, marker="o", ms=3, color=color, label=label)
-    ax.fill_between(x, mean - std.fillna(0), mean + std.fillna(0), color=line.get_color(), alpha=0.2, lw=0)
+def _band(ax, x, mean, std, n, style, label, band="std", log=False):
+    """The mean as a line (its own colour, dash and marker) and the band, light enough that 3-4 overlapping
+    bands stay readable, with its edges drawn thin in the line's dash."""
+    (dash, marker), color = style
+    line, = ax.plot(x, mean, marker=marker, ms=3.5, lw=1.6, ls=dash, color=color, label=label, zorder=3)
+    if band != "none":
+        half = std.fillna(0) / (n.clip(lower=1) ** 0.5 if band == "sem" else 1)
+        ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.10, lw=0, zorder=1)
+        for edge in (mean - half, mean + half):
+            ax.plot(x, edge, color=color, lw=0.6, ls=dash, alpha=0.6, zorder=2)
     if log:
         ax.set_xscale("log")
 
 
-def plot_curves(df, tasks, path, per_row=5):
-    fig, stats = curves_figure(df, tasks, per_row)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+def _styles(labels):
+    return {lab: (STYLES[i % len(STYLES)], f"C{i % 10}") for i, lab in enumerate(labels)}
+
+
+def _save(fig, path):
+    fig.savefig(path, dpi=300, bbox_inches="tight")  # dpi: the PNG's; pdf and svg are vector
     plt.close(fig)
+
+
+def plot_curves(df, tasks, path, per_row=5, band="std", pooled=None):
+    fig, stats = curves_figure(df, tasks, per_row, band, pooled)
+    _save(fig, path)
     return stats
 
 
-def curves_figure(df, tasks, per_row=5):
-    """(figure, stats) of val_curves.png: per task a score panel over a loss panel; more than ``per_row`` tasks
+def curves_figure(df, tasks, per_row=5, band="std", pooled=None):
+    """(figure, stats) of val_curves: per task a score panel over a loss panel; more than ``per_row`` tasks
     wrap onto further pairs of rows."""
     labels = _labels_in_order(df)
-    colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    styles = _styles(labels)
     stats = mean_std(df, ["label", "task", "epoch"], ["score", "loss"])
     ncol = min(per_row, len(tasks))
     bands = -(-len(tasks) // ncol)
-    fig, axes = plt.subplots(2 * bands, ncol, figsize=(4.2 * ncol, 6.4 * bands), squeeze=False)
+    fig, axes = plt.subplots(2 * bands, ncol, figsize=(3.6 * ncol + LEGEND_INCHES, 5.6 * bands), squeeze=False,
+                             layout="constrained")
     for j in range(bands * ncol):
         top, bottom = axes[2 * (j // ncol), j % ncol], axes[2 * (j // ncol) + 1, j % ncol]
         if j >= len(tasks):
@@ -123,47 +180,51 @@ def curves_figure(df, tasks, per_row=5):
             s = stats[(stats["label"] == lab) & (stats["task"] == task)]
             if s.empty:
                 continue
-            _band(top, s["epoch"], s["score_mean"], s["score_std"], colors[lab], lab)
-            _band(bottom, s["epoch"], s["loss_mean"], s["loss_std"], colors[lab], lab)
+            _band(top, s["epoch"], s["score_mean"], s["score_std"], s["n"], styles[lab], lab, band)
+            _band(bottom, s["epoch"], s["loss_mean"], s["loss_std"], s["n"], styles[lab], lab, band)
         top.set_title(task)
+        top.set_ylabel(f"{_metric(task)} x 100")  # the loss below says validation
         bottom.set_xlabel("epoch (1 = after the first)")
-        if j % ncol == 0:
-            top.set_ylabel("validation score x 100")
-            bottom.set_ylabel("validation loss")
+        bottom.set_ylabel("validation loss")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    _legend(fig, axes, _band_title(stats["n"]))
-    fig.tight_layout()
+    _legend(fig, axes, _band_title(stats["n"], band, pooled))
     return fig, stats
 
 
-def plot_lr(df, tasks, metric, path):
-    fig, stats = lr_figure(df, tasks, metric)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+def _metric(task):
+    """The task's score in words (the y-axis), or "score" for a task this registry does not know."""
+    return score_name(TASKS[task]) if task in TASKS else "score"
+
+
+def plot_lr(df, tasks, metric, path, band="std", pooled=None):
+    fig, stats = lr_figure(df, tasks, metric, band, pooled)
+    _save(fig, path)
     return stats
 
 
-def lr_figure(df, tasks, metric):
-    """(figure, stats) of score_vs_lr.png: per task a panel, x = lr on a log axis ticked at the rates tried."""
+def lr_figure(df, tasks, metric, band="std", pooled=None):
+    """(figure, stats) of score_vs_lr: per task a panel, x = lr on a log axis ticked at the rates tried."""
     labels = _labels_in_order(df)
+    styles = _styles(labels)
     stats = mean_std(df, ["label", "task", "lr"], ["score"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks) + LEGEND_INCHES, 3.4), squeeze=False,
+                             layout="constrained")
     for j, task in enumerate(tasks):
         ax = axes[0, j]
-        for i, lab in enumerate(labels):
+        for lab in labels:
             s = stats[(stats["label"] == lab) & (stats["task"] == task)]
             if not s.empty:
-                _band(ax, s["lr"], s["score_mean"], s["score_std"], f"C{i % 10}", lab, log=True)
+                _band(ax, s["lr"], s["score_mean"], s["score_std"], s["n"], styles[lab], lab, band, log=True)
         rates = sorted(stats.loc[stats["task"] == task, "lr"].unique())
         if rates:
             _rate_ticks(ax, rates)
         ax.set_title(task)
         ax.set_xlabel("learning rate")
+        ax.set_ylabel(("best validation " if metric == "best_val" else "test ") + f"{_metric(task)}\nx 100")
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(("best validation" if metric == "best_val" else "test") + " score x 100")
-    _legend(fig, axes, _band_title(stats["n"]))
+    _legend(fig, axes, _band_title(stats["n"], band, pooled))
     return fig, stats
 
 
@@ -189,14 +250,20 @@ def _rate_ticks(ax, rates, axes_inches=3.4):
         ax.set_xlim(rates[0] / 3, rates[0] * 3)
 
 
-def _band_title(n):
-    """What the line and the band of a plot are, with the number of seeds behind them."""
+def _band_title(n, band="std", pooled=None):
+    """What the line and the band of a plot are, with the number of seeds behind them and what else was pooled."""
     n = n.dropna().astype(int)
     lo, hi = (int(n.min()), int(n.max())) if len(n) else (1, 1)
+    also = "".join(f"\npooled across {k}: {', '.join(map(str, v))}" for k, v in (pooled or {}).items())
     if hi <= 1:
-        return "one seed per line: no band"
-    seeds = f"{hi} seeds" if lo == hi else f"{lo}–{hi} seeds"
-    return f"line: mean over {seeds}\nband: ± sample std (ddof=1)" + ("\n(one seed: no band)" if lo == 1 else "")
+        return f"one {'run' if pooled else 'seed'} per line: no band" + also
+    unit = f"runs (seeds and the pooled {', '.join(pooled)})" if pooled else "seeds (seed, data_seed)"
+    count = f"{hi}" if lo == hi else f"{lo}–{hi}"
+    what = {"std": "± sample std (ddof=1)", "sem": "± standard error (std / √n)", "none": None}[band]
+    text = f"line: mean over {count} {unit}"
+    if what:
+        text += f"\nband: {what}" + ("\n(one seed: no band)" if lo == 1 else "")
+    return text + also
 
 
 def _legend(fig, axes, title=None):
@@ -206,42 +273,57 @@ def _legend(fig, axes, title=None):
             if n not in handles:
                 handles[n] = h
                 names.append(n)
-    fig.legend([handles[n] for n in names], names, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-               title=title, alignment="left")
+    fig.legend([handles[n] for n in names], names, loc="outside right center", frameon=False, title=title,
+               alignment="left")
+
+
+def _refuse_pooling(runs, group_by, figures, pool):
+    """A line that would average runs differing in an argument other than the seeds: the error message (None:
+    none, or --pool asked for it). Returns (message, {figure: pooled arguments})."""
+    pooled = {f: pooled_arguments(runs, group_by, axis="lr" if f == "score_vs_lr" else None) for f in figures}
+    mixed = {k: v for p in pooled.values() for k, v in p.items()}
+    if mixed and not pool:
+        what = " and ".join(f"{k} ({', '.join(map(str, v))})" for k, v in mixed.items())
+        return (f"a line would average runs that differ in {what}: pass --group_by {','.join(mixed)}, or --pool to "
+                f"average across {'it' if len(mixed) == 1 else 'them'}"), pooled
+    return None, pooled
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    figures = [f for f in args.figures.split(",") if f]
+    unknown = [f for f in figures if f not in FIGURES]
     try:
+        if unknown or not figures:
+            raise ValueError(f"--figures {args.figures}: name {' or '.join(FIGURES)} (comma-separated)")
         runs, group_by = run_files.load_runs(args.runs_dirs, args.group_by, "plot_curves.py")
+        problem, pooled = _refuse_pooling(runs, group_by, figures, args.pool)
+        if problem:
+            raise ValueError(problem)
     except (FileNotFoundError, ValueError) as e:
         print(f"plot_curves.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if any(pooled.values()):
+        print("plot_curves.py: warning: --pool: lines average runs that differ in "
+              + ", ".join(sorted({k for p in pooled.values() for k in p})), file=sys.stderr)
 
     os.makedirs(args.out, exist_ok=True)
     tasks = sorted({r.task for r in runs}, key=run_files.task_rank)
-    series = {}
-    for r in runs:
-        series.setdefault((series_label(r, group_by), r.task), []).append(r)
-    for (label, task), part in series.items():
-        mixed = run_files.mixed_arguments(part)
-        if mixed:
-            print(f"plot_curves.py: warning: curve {label} / {task} averages runs that differ in "
-                  f"{'; '.join(f'{k} {v}' for k, v in mixed.items())}: add --group_by {','.join(mixed)}",
-                  file=sys.stderr)
-    written = [os.path.join(args.out, "val_curves.png")]
-    plot_curves(curves_frame(runs, group_by), tasks, written[0])
-
-    df, skipped = lr_frame(runs, args.metric, group_by)  # score against lr, where a series has several
-    if not df.empty and (df.groupby(["label", "task"])["lr"].nunique() > 1).any():
-        if skipped:
-            print(f"plot_curves.py: warning: score_vs_lr.png leaves out {len(skipped)} run(s) without a "
-                  f"{args.metric} score: {', '.join(skipped)}", file=sys.stderr)
-        written.append(os.path.join(args.out, "score_vs_lr.png"))
-        plot_lr(df, tasks, args.metric, written[1])
-    else:
-        print("plot_curves.py: note: no method was run with more than one --lr on a task; no score_vs_lr.png",
-              file=sys.stderr)
+    written = []
+    if "val_curves" in figures:
+        written.append(os.path.join(args.out, f"val_curves.{args.format}"))
+        plot_curves(curves_frame(runs, group_by), tasks, written[-1], band=args.band, pooled=pooled["val_curves"])
+    if "score_vs_lr" in figures:
+        df, skipped = lr_frame(runs, args.metric, group_by)  # score against lr, where a series has several
+        if not df.empty and (df.groupby(["label", "task"])["lr"].nunique() > 1).any():
+            if skipped:
+                print(f"plot_curves.py: warning: score_vs_lr leaves out {len(skipped)} run(s) without a "
+                      f"{args.metric} score: {', '.join(skipped)}", file=sys.stderr)
+            written.append(os.path.join(args.out, f"score_vs_lr.{args.format}"))
+            plot_lr(df, tasks, args.metric, written[-1], band=args.band, pooled=pooled["score_vs_lr"])
+        else:
+            print(f"plot_curves.py: note: no method was run with more than one --lr on a task; no "
+                  f"score_vs_lr.{args.format}", file=sys.stderr)
     print("wrote " + ", ".join(written))
     return 0
 

@@ -1,14 +1,19 @@
 """Score or use a finished run without training: its best prompt (and reparameterization, head) on a split of its
 task, or on a file of new inputs.
 
-    python scripts/predict.py RUN_DIR                         # the run's validation split: scores + predictions
-    python scripts/predict.py RUN_DIR --split train           # another split of the same task (train, validation)
+    python scripts/predict.py RUN_DIR                         # the rows the run validated on: scores + predictions
+    python scripts/predict.py RUN_DIR --split test            # the run's test half (a --get_test_subset 1 run)
+    python scripts/predict.py RUN_DIR --split validation      # the whole validation file (or train)
     python scripts/predict.py RUN_DIR --input rows.jsonl      # new rows, in the task's Hugging Face fields
     python scripts/predict.py RUN_DIR --out preds.jsonl       # where the predictions go (default: stdout)
 
-The data, model and sequence length are the run's (args.json); --data_dir and --model_name override where they
-moved. Rows of --input are jsonl objects with the task's fields (e.g. cb: premise, hypothesis; a label when known:
-then the scores are printed too). Exit codes: 0 done, 2 bad input (one line on stderr).
+--split val and test are exactly the rows the run scored (train.py's split of validation into halves, its
+--limit_val_set and --data_seed), evaluated as the run evaluated them: the scores are results.json's (val: the best
+state's validation, test: test.score) and the lines those of predictions_{val,test}.jsonl. train and validation
+are the task's whole files. The data, model and sequence length are the run's (args.json); --data_dir and
+--model_name override where they moved. Rows of --input are jsonl objects with the task's fields (e.g. cb:
+premise, hypothesis) and, where known, a label: every row is predicted, the labelled ones are scored (the count is
+printed). Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
 
@@ -25,18 +30,21 @@ from residual_prompts.errors import EXIT_BAD_INPUT  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a finished run folder (save_dir/save_name of train.py)")
-    p.add_argument("--split", default=None, choices=["train", "validation"], help="default: validation")
+    p.add_argument("--split", default=None, choices=["val", "test", "train", "validation"],
+                   help="val / test: the rows the run validated / tested on; train / validation: the whole files "
+                        "(default: val)")
     p.add_argument("--input", default=None, help="jsonl of new rows in the task's fields (instead of --split)")
     p.add_argument("--out", default=None, help="predictions jsonl to write (default: stdout)")
     p.add_argument("--data_dir", default=None, help="override the run's --data_dir")
     p.add_argument("--model_name", default=None, help="override the run's --model_name")
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="evaluation batch size (default: the run's --eval_batch_size; scores do not depend on it)")
     a = p.parse_args(argv)
     problem = _check_cli(a)
     if problem:
         print(f"predict.py: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    a.split = a.split or "validation"
+    a.split = a.split or "val"
 
     import data_utils
     import run_folder
@@ -46,15 +54,15 @@ def main(argv=None):
     try:
         wrapper, args, _ = run_folder.load_run(a.run_dir, a.model_name)
         task = data_utils.get_task(args["task"])
-        rows = _rows(a, task, args, data_utils)
-        split = wrapper.encode_split(task, rows, wrapper.tokenizer, args["seq_len"])
-        labelled = not any(r.get("_unlabelled") for r in rows)
-        res = tu.evaluate(wrapper, split, task, batch_size=a.batch_size, loss_batch_size=args["batch_size"])
+        rows, groups = _rows(a, task, args, data_utils)
+        labelled = [i for i, r in enumerate(rows) if not r.get("_unlabelled")]
+        predictions, res = _predict(wrapper, task, args, rows, labelled, groups, a.batch_size, tu)
     except (ConfigError, DataError, OSError) as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    lines = "".join(json.dumps(data_utils.prediction_record(task, row, pred, with_target=labelled)) + "\n"
-                    for row, pred in zip(rows, res["predictions"]))
+    scored = set(labelled)
+    lines = "".join(json.dumps(data_utils.prediction_record(task, row, pred, with_target=i in scored)) + "\n"
+                    for i, (row, pred) in enumerate(zip(rows, predictions)))
     if a.out:
         try:
             run_folder.atomic_write(a.out, lambda f: f.write(lines.encode()))
@@ -63,10 +71,33 @@ def main(argv=None):
             return EXIT_BAD_INPUT
     else:
         sys.stdout.write(lines)
-    if labelled:
-        print(f"predict.py: {task.name} {len(rows)} rows: score {res['score']:.4f} official {res['official']} "
-              f"loss {res['loss']:.4f}", file=sys.stderr)
+    what = f"{a.split} split" if a.input is None else a.input
+    unscored = (f"; {len(rows) - len(labelled)} without a label: predicted, not scored"
+                if len(labelled) < len(rows) else "")
+    if res is None:
+        print(f"predict.py: {task.name} {what}: {len(rows)} rows predicted, none has a label: no score",
+              file=sys.stderr)
+    else:
+        print(f"predict.py: {task.name} {what}: {len(labelled)} labelled rows scored{unscored}: score "  # exact
+              f"{res['score']} {data_utils.hf_metrics(res['official'])} eval_loss {res['loss']}", file=sys.stderr)
     return 0
+
+
+def _predict(wrapper, task, args, rows, labelled, groups, batch_size, tu):
+    """(predictions of every row, the evaluation of the labelled rows or None), evaluated as train.py evaluates:
+    its evaluation batch size, loss batches and padding (``groups``: the split's question groups)."""
+    kwargs = dict(batch_size=batch_size or args.get("eval_batch_size") or 4 * args["batch_size"],
+                  loss_batch_size=args["batch_size"], pad_to=args["seq_len"] if args.get("pad_to_max_length") else None)
+
+    def run(part, g=(None, None)):
+        split = wrapper.encode_split(task, part, wrapper.tokenizer, args["seq_len"], *g)
+        return tu.evaluate(wrapper, split, task, **kwargs)
+
+    if len(labelled) == len(rows):
+        res = run(rows, groups)
+        return res["predictions"], res
+    predictions = run(rows)["predictions"]  # the stand-in targets of unlabelled rows are never scored
+    return predictions, (run([rows[i] for i in labelled]) if labelled else None)
 
 
 def _check_cli(a):
@@ -76,7 +107,7 @@ def _check_cli(a):
     if a.input is not None and not os.path.isfile(a.input):  # a FIFO or device too: reading it could block
         what = "not a regular file" if os.path.exists(a.input) else "no such file"
         return f"--input {a.input}: {what}: pass a jsonl file of rows in the task's fields"
-    if a.batch_size < 1:
+    if a.batch_size is not None and a.batch_size < 1:
         return f"--batch_size {a.batch_size}: pass a positive number of rows"
     if a.out:
         parent = os.path.dirname(os.path.abspath(a.out))
@@ -91,10 +122,14 @@ def _check_cli(a):
 
 
 def _rows(a, task, args, data_utils):
+    """(rows, (question groups, official question groups)) of --split or --input."""
     from residual_prompts.errors import DataError
 
+    data_dir = a.data_dir or args.get("data_dir")
+    if a.input is None and a.split in ("val", "test"):
+        return _run_split(a.split, task, args, data_dir, data_utils)
     if a.input is None:
-        return data_utils.load_split(task, a.split, a.data_dir or args.get("data_dir"))
+        return data_utils.load_split(task, a.split, data_dir), (None, None)
     rows = []
     with open(a.input, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -111,7 +146,25 @@ def _rows(a, task, args, data_utils):
                 rows.append(data_utils.check_row(task, row, f"{a.input} line {n}"))
     if not rows:
         raise DataError(f"{a.input} holds no rows")
-    return rows
+    return rows, (None, None)
+
+
+def _run_split(split, task, args, data_dir, data_utils):
+    """The rows the run scored as ``split`` (val, test), made as train.py made them (build_splits with the run's
+    arguments; the training file is not read)."""
+    from residual_prompts.errors import ConfigError
+
+    if split == "test" and not args.get("get_test_subset"):
+        raise ConfigError("--split test: this run has no test half (it trained without --get_test_subset 1): use "
+                          "--split val, or --split validation for the whole validation file")
+
+    def loader(t, name, d):
+        return [] if name == "train" else data_utils.load_split(t, name, d)
+
+    splits = data_utils.build_splits(task, data_dir, args.get("select_k_per_class", -1),
+                                     bool(args.get("get_test_subset")), args.get("limit_val_set", -1),
+                                     args.get("data_seed", 0), loader=loader)
+    return splits[split], (splits[f"{split}_groups"], splits[f"{split}_official_groups"])
 
 
 if __name__ == "__main__":

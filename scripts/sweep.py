@@ -23,7 +23,10 @@ A sweep file (YAML, or JSON with a .json suffix) holds:
 FLAG is a train.py option without its dashes; a name train.py does not know, a value of the wrong type, or a run that
 train.py would refuse is an error (one line, exit 2) before anything runs. `save_name` is the run name.
 Run order: task (when a grid axis), then method, then the other grid axes in file order (the last varies fastest).
-Relative paths (save_dir, data_dir, model_name, logs) are relative to the project root.
+Relative paths (save_dir, data_dir, model_name, prefix_path, logs) are relative to the folder sweep.py is run in,
+as train.py's are to the folder it is run in: every run starts there (locally, and under SLURM through the job's
+--chdir, the folder `sweep.py sbatch` was run in). The sweep files of scripts/sweeps/ are written for the project
+root: run sweep.py from there.
 
 The array job looks each run up by index in the run list written next to it, so editing the sweep file later
 cannot reorder the runs of a submitted job. A run whose results.json says "complete" (with the same arguments) is
@@ -374,10 +377,10 @@ def read_runs(source, sets):
 
 
 def run_dir(argv):
+    """The run folder of train.py ARGV run in this folder (relative paths: from the current folder, as train.py)."""
     parser = _arguments().build_parser()
     args = parser.parse_args(argv)
-    path = os.path.join(args.save_dir, args.save_name)
-    return path if os.path.isabs(path) else os.path.join(ROOT, path)
+    return os.path.abspath(os.path.join(args.save_dir, args.save_name))
 
 
 def run_state(path):
@@ -412,9 +415,15 @@ def same_args(path, argv):
 # ---------------------------------------------------------------------------------------------------------------
 
 def _show(path):
-    """A path as the user should type it: relative to the project root when inside it (sbatch runs there)."""
-    path = os.path.abspath(path)
-    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+    """A path as the user should type it: relative to the current folder when inside it (runs start there)."""
+    path, here = os.path.abspath(path), os.getcwd()
+    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
+
+
+def _script(name):
+    """scripts/NAME as the job's shell finds it from its --chdir (the current folder): relative from the project
+    root, absolute elsewhere."""
+    return shlex.quote(_show(os.path.join(ROOT, "scripts", name)))
 
 
 def cmd_list(a):
@@ -480,7 +489,7 @@ def cmd_run(a):
             raise SweepError("--gpus needs one or more GPU ids, e.g. --gpus 0,1")
     selected = parse_selection(a.selection, len(runs))
     logs = a.logs or os.path.join("logs", name)
-    logs = logs if os.path.isabs(logs) else os.path.join(ROOT, logs)
+    logs = os.path.abspath(logs)
     return LocalSweep(runs, selected, name, a.jobs or (len(gpus) if gpus else 1), gpus, logs).run()
 
 
@@ -498,7 +507,6 @@ def run_one(a, runs, index):
               f"train.py decides", flush=True)
     argv = [sys.executable, os.path.join(ROOT, "train.py")] + run["argv"]
     print(f"sweep.py: run {index} {run['name']}: {shlex.join(argv)}", flush=True)
-    os.chdir(ROOT)
     os.execv(sys.executable, argv)  # same process: a signal sent to it reaches train.py (checkpoint, exit 75)
 
 
@@ -567,7 +575,7 @@ class LocalSweep:
             f.write(f"== {time.strftime('%F %T')} sweep.py run {i} {run['name']}"
                     f"{'' if gpu is None else f' on GPU {gpu}'}: {shlex.join(argv)}\n")
             f.flush()
-            proc = subprocess.Popen(argv, cwd=ROOT, env=self._env(gpu), stdin=subprocess.DEVNULL, stdout=f,
+            proc = subprocess.Popen(argv, env=self._env(gpu), stdin=subprocess.DEVNULL, stdout=f,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.running[i] = (proc, time.time(), gpu, log)
         self._say(f"start {i} {run['name']}{'' if gpu is None else f' (GPU {gpu})'}: log {_show(log)}")
@@ -648,9 +656,9 @@ def cmd_sbatch(a):
     max_parallel = directives.pop("max_parallel", None)
     array = f"0-{len(runs) - 1}" + (f"%{max_parallel}" if max_parallel else "")
     head = {"job-name": spec["name"], "array": array, "requeue": None, "signal": "B:USR1@300",
-            "output": f"logs/{spec['name']}/%a.log", "open-mode": "append", "chdir": ROOT}
+            "output": f"logs/{spec['name']}/%a.log", "open-mode": "append", "chdir": os.getcwd()}
     head.update(directives)
-    log = head["output"] if os.path.isabs(head["output"]) else os.path.join(ROOT, head["output"])
+    log = os.path.abspath(head["output"])
     os.makedirs(os.path.dirname(log), exist_ok=True)  # SLURM does not create it: the task would fail unseen
     os.makedirs(os.path.dirname(script), exist_ok=True)
 
@@ -658,7 +666,7 @@ def cmd_sbatch(a):
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     listed = (f"# run list of sweep {spec['name']}: {len(runs)} runs from {origin}, written {stamp} by "
               f"scripts/sweep.py\n# line i (0-based, comments excluded) = array index i: NAME<TAB>COMMAND "
-              f"(run from the project root)\n") + "".join(f"{run['name']}\t{command_line(run)}\n" for run in runs)
+              f"(run from {os.getcwd()})\n") + "".join(f"{run['name']}\t{command_line(run)}\n" for run in runs)
     lines = ["#!/bin/bash",
              f"# SLURM array job of sweep {spec['name']} ({len(runs)} runs), written {stamp} by scripts/sweep.py from",
              f"#   {origin}",
@@ -678,7 +686,8 @@ def cmd_sbatch(a):
                ' restart ${SLURM_RESTART_COUNT:-0} on $(hostname)"'),
               "# exec: the wrapper takes this shell's place, so SIGUSR1 (B:USR1) reaches it, and through it train.py;",
               "# a wrapper started as a child would not see it, and the signal would kill this shell and end the job.",
-              'exec bash scripts/requeue_on_signal.sh "$PYTHON" scripts/sweep.py run "$RUNS" "$SLURM_ARRAY_TASK_ID"',
+              f'exec bash {_script("requeue_on_signal.sh")} "$PYTHON" {_script("sweep.py")} run "$RUNS" '
+              '"$SLURM_ARRAY_TASK_ID"',
               ""]
     text = "\n".join(lines)
     for what, body in (("run list", listed.replace("\t", " ")), ("script", text)):
@@ -690,7 +699,7 @@ def cmd_sbatch(a):
     _write_atomic(script, text, 0o755)
     done = sum(run_state(run_dir(r["argv"])) == "complete" for r in runs)
     print(f"wrote {_show(script)} (array {array}) and {_show(run_list)}: {len(runs)} runs, {done} already complete;"
-          f" submit from the project root with: sbatch {_show(script)}")
+          f" submit with: sbatch {_show(script)} (its runs start in {os.getcwd()})")
     return 0
 
 

@@ -70,7 +70,7 @@ def errors_ws(tiny_t5_dir, data_dir, tmp_path_factory):
 
 # (extra arguments, expected text in the one-line message). {w}: the workspace. Later flags override earlier ones.
 CASES = [
-    (["--task", "nope"], "unknown task 'nope': valid names are cola, sst2"),
+    (["--task", "nope"], "unknown task 'nope' (valid: cola, sst2"),
     (["--prefix_MLP", "MLP9"], "unknown --prefix_MLP 'MLP9'; valid: None, MLP1, MLP2, LSTM, LSTM1, LSTM2, transformer"),
     (["--prefix_len", "0", "--prefix_MLP", "MLP1"], "needs a prompt: set --prefix_len > 0"),
     (["--prefix_len", "0", "--freeze_weights", "1"], "trains nothing: use --freeze_weights 0"),
@@ -101,7 +101,7 @@ CASES = [
     (["--nonlinearity", "gelu"], "argument --nonlinearity: invalid choice: 'gelu'"),
     (["--batch_size", "eight"], "argument --batch_size: invalid int value: 'eight'"),
     (["--resume", "sometimes"], "argument --resume: invalid choice"),
-    (["--learning_rate", "0.3"], "unrecognized arguments: --learning_rate 0.3"),
+    (["--lerning_rate", "0.3"], "unrecognized argument --lerning_rate: did you mean --learning_rate?"),  # an alias
     (["--prefix_path", "{w}/shape.npy"], "shape [3, 32]; expected a numeric [prefix_len, H] = [10, 32] array"),
     (["--prefix_path", "{w}/object.npy"], "cannot load, it needs pickle"),
     (["--prefix_path", "{w}/strings.npy"], "expected a numeric [prefix_len, H]"),

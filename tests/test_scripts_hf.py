@@ -94,7 +94,8 @@ def test_lr_plot_is_ticked_at_the_rates_tried(tmp_path, rates, labels):
 def test_band_title_names_the_seed_counts(tmp_path):
     import pandas as pd
 
-    assert plot_curves._band_title(pd.Series([3, 3])) == "line: mean over 3 seeds\nband: ± sample std (ddof=1)"
+    assert plot_curves._band_title(pd.Series([3, 3])) == ("line: mean over 3 seeds (seed, data_seed)\n"
+                                                          "band: ± sample std (ddof=1)")
     assert "2–3 seeds" in plot_curves._band_title(pd.Series([2, 3]))
     assert "(one seed: no band)" in plot_curves._band_title(pd.Series([1, 3]))
     assert plot_curves._band_title(pd.Series([1, 1])) == "one seed per line: no band"
@@ -104,7 +105,8 @@ def test_val_curves_legend_says_what_the_band_is(tmp_path):
     lr_runs(tmp_path / "runs", [0.3], seeds=(0, 1))
     runs, _ = plot_curves.run_files.find_runs([tmp_path / "runs"])
     fig, stats = plot_curves.curves_figure(plot_curves.curves_frame(runs, []), ["cb"])
-    assert fig.legends[0].get_title().get_text() == "line: mean over 2 seeds\nband: ± sample std (ddof=1)"
+    assert fig.legends[0].get_title().get_text() == ("line: mean over 2 seeds (seed, data_seed)\n"
+                                                     "band: ± sample std (ddof=1)")
     assert stats["n"].tolist() == [2]
     plot_curves.plt.close(fig)
 

@@ -32,15 +32,16 @@ def test_wandb_tracker_sends_config_step_losses_and_evaluations(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
     monkeypatch.setattr(tracking, "check_available", lambda kind: None)  # the stand-in has no spec on disk
     tracker = tracking.make_tracker("wandb", "/unused", "cb-run", {"lr": 0.3, "task": "cb"})
-    tracker.log({"epoch": 0, "step": 2, "loss": 1.5, "lr": 0.3})
-    tracker.log({"epoch": 0, "step": 4, "train_loss": 1.2, "eval_score": 0.5, "eval_metric": [0.5, 0.25],
-                 "eval_loss": float("nan")})
+    tracker.log({"epoch": 0.5, "step": 2, "loss": 1.5, "learning_rate": 0.3, "grad_norm": 0.7})
+    tracker.log({"epoch": 1.0, "step": 4, "epoch_loss": 1.2, "eval_score": 0.5, "eval_accuracy": 0.5,
+                 "eval_f1": 0.25, "eval_loss": float("nan"), "test_accuracy": 0.4})
     tracker.close()
     run = calls["run"]
     assert calls["name"] == "cb-run" and calls["config"] == {"lr": 0.3, "task": "cb"}
-    assert run.logged == [(2, {"train/loss": 1.5, "train/lr": 0.3}),
-                          (4, {"train/train_loss": 1.2, "eval/score": 0.5, "eval/metric/0": 0.5,
-                               "eval/metric/1": 0.25})]  # NaN left out
+    # transformers' TensorBoardCallback tags: eval_x -> eval/x, test_x -> test/x, the rest train/x
+    assert run.logged == [(2, {"train/loss": 1.5, "train/learning_rate": 0.3, "train/grad_norm": 0.7}),
+                          (4, {"train/epoch_loss": 1.2, "eval/score": 0.5, "eval/accuracy": 0.5, "eval/f1": 0.25,
+                               "test/accuracy": 0.4})]  # NaN left out
     assert run.finished
 
 
