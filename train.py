@@ -340,6 +340,11 @@ def _place(args, wrapper, device, dist):
         raise ConfigError(f"--fsdp and --compile are implemented for T5 models only: drop them for {args.model_name} "
                           f"(a {wrapper.FAMILY} model)")
     wrapper.to(device)
+    from residual_prompts.base import slow_precision_warning
+
+    warning = slow_precision_warning(args.precision, device.type)  # measures ~0.1 s, only for bf16/fp16 on a CPU
+    if warning:
+        print(f"train.py: warning: {warning}", file=sys.stderr, flush=True)
     if args.fsdp:
         distributed.shard_frozen_model(wrapper.model, device, dist.world)
     if args.tf32:
