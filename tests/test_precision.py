@@ -14,9 +14,10 @@ import train
 import train_utils as tu
 from residual_prompts import base, models
 
-# The loss after 20 tiny-T5 steps, bf16 against fp32 (the same seeds, dropout on): 0.11% apart when measured (0.03%
-# with dropout off); the tolerance stated in --help and docs/PERFORMANCE.md is 1%.
-LOSS_TOLERANCE = 0.01
+# The loss after 20 tiny-T5 steps, bf16 against fp32 (the same seeds, dropout on): 1.7% apart when measured (0.4%
+# with dropout off; 0.11% before training's attention ran in bf16, see base._reduced_attention); the tolerance
+# stated in --help and docs/PERFORMANCE.md is 3%.
+LOSS_TOLERANCE = 0.03
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models run faster on one thread
 
@@ -82,6 +83,34 @@ def test_bf16_loss_after_20_tiny_t5_steps_is_within_the_stated_tolerance_of_fp32
     _, bf16 = tiny_run(tiny_t5_anywhere, fixture_data_dir, "bf16")
     assert bf16[-1] == pytest.approx(fp32[-1], rel=LOSS_TOLERANCE)
     assert bf16 != fp32  # it really ran in bf16
+
+
+def test_bf16_training_attention_is_eager_and_evaluation_sdpa_with_the_same_numbers_in_eval(tiny_t5_anywhere):
+    """The bf16 attention switch (base._reduced_attention): training with dropout takes the model's eager path,
+    evaluation SDPA; in eval mode the wrapper gives SDPA's numbers exactly."""
+    model, tokenizer = models.load_model(str(tiny_t5_anywhere))
+    models.freeze_model(model, True, "xxxxxxx")
+    config = models.ResidualPromptConfig(num_virtual_tokens=2, reparameterization="MLP1", init="vocab", seed=0)
+    wrapper = models.get_residual_prompt_model(model, config, tokenizer, precision="bf16")
+    assert wrapper.model.config._attn_implementation == base.REDUCED_ATTENTION
+    calls = []
+    t5 = __import__("transformers.models.t5.modeling_t5", fromlist=["eager_attention_forward"])
+    original = t5.eager_attention_forward
+    t5.eager_attention_forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        batch = {"source_ids": torch.tensor([[5, 6, 7, 1]]), "target_ids": torch.tensor([[8, 1]])}
+        wrapper.eval()
+        low = wrapper.loss(batch, wrapper.projected_prompt())
+        assert not calls
+        wrapper.train()
+        wrapper.loss(batch, wrapper.projected_prompt())
+        assert calls
+    finally:
+        t5.eager_attention_forward = original
+    wrapper.model.set_attn_implementation("sdpa")
+    wrapper.eval()
+    assert torch.equal(wrapper.loss(batch, wrapper.projected_prompt()), low)
+
 
 
 def test_an_encoder_keeps_its_head_fp32_over_bf16_weights():
