@@ -439,7 +439,8 @@ def run_flops(run_dir, device_name="auto", seconds=2.0):
                                                  pad_to=pad_to))
     epochs, validations = args["num_epochs"], len(results.get("validation") or [])
     total = epochs * train_flops + validations * eval_flops
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # against the bf16 rate on GPUs and for a bf16 run (its products are bf16), else fp32
+    dtype = torch.bfloat16 if device.type == "cuda" or args.get("precision") == "bf16" else torch.float32
     peak = matmul_rate(device, dtype, seconds=seconds)
     wall = results.get("wall_time_s") or float("nan")
     return {"run_dir": run_dir, "task": task.name, "device": str(device), "precision": args.get("precision", "fp32"),
