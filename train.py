@@ -128,13 +128,18 @@ def _say(line):
 
 
 def versions():
-    import datasets
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import torch
     import transformers
 
+    try:  # its version without importing it: `import datasets` costs ~0.5-1.5 s of start-up, and only the Hub
+        datasets_version = version("datasets")  # path (data.py, lazily) uses it
+    except PackageNotFoundError:
+        datasets_version = None
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "datasets": datasets.__version__, "numpy": numpy.__version__}
+            "datasets": datasets_version, "numpy": numpy.__version__}
 
 
 def run(args, stop: StopSignal):
