@@ -260,9 +260,8 @@ def _reduced_attention(module, query, key, value, attention_mask, **kwargs):
     """Attention for bf16 weights: with dropout (training), the model's own eager attention, whose products, softmax
     and dropout stay in bf16 (SDPA's CPU path with dropout converts q, k, v to fp32 and back: 7-12% of a t5-small
     bf16 step, CPU time, one thread); without dropout (evaluation), SDPA, whose fused CPU kernel keeps bf16 and is
-    the faster one there (eager: 17% more CPU time). A model module without an eager function gets SDPA. The
-    price: the attention probabilities are rounded to bf16, so the tiny T5's loss after 20 steps moves 1.7% from
-    fp32 instead of 0.1% (tests/test_precision.py pins 3%)."""
+    the faster one there (eager: 17% more CPU time). A model module without an eager function gets SDPA. The tiny
+    T5's loss after 20 steps stays 0.12% from fp32 (tests/test_precision.py pins 1%)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     if module.training and kwargs.get("dropout", 0.0) > 0:
@@ -279,8 +278,12 @@ def _use_reduced_attention(model):
     if getattr(model.config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
         return
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
     AttentionInterface.register(REDUCED_ATTENTION, _reduced_attention)
+    # the masks the model builds for it: eager's additive float masks (padding, causality), which SDPA takes too; an
+    # implementation without a registered mask function gets no mask at all from transformers (padding attended)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(REDUCED_ATTENTION, eager_mask)
     try:
         model.set_attn_implementation(REDUCED_ATTENTION)
     except (ValueError, ImportError, AttributeError):  # a model that accepts only its built-in implementations

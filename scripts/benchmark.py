@@ -671,8 +671,8 @@ def main(argv=None):
     print(f"# matrix-product rates measured ({'8192' if device.type == 'cuda' else '2048'}² products): fp32 "
           f"{fp32 / 1e9:.1f} GFLOP/s, bf16 {rates['bf16'][0] / 1e9:.1f} GFLOP/s; the machine's limit: {peak_name}"
           + ("" if "ours_bf16" in configs or args.configs else " (bf16 not faster here: ours_bf16 left out)"))
-    print(f"# batch {BATCH}, {steps} timed steps, {eval_rows} evaluation rows, in steady state: every training batch and "
-          f"the whole evaluation run once untimed first (every shape warmed); command: {command}")
+    print(f"# batch {BATCH}, {steps} timed steps, {eval_rows} evaluation rows, in steady state: every training batch "
+          f"and the whole evaluation run once untimed first (every shape warmed); command: {command}")
     report = {"command": command, "shape": shape, "device": str(device), "device_name": dname,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "matmul_dtype": peak_name,
               "matmul_flops_per_s": peak, "fp32_matmul_flops_per_s": fp32,
