@@ -184,3 +184,32 @@ def test_bf16_training_attention_masks_the_padding(tiny_t5_anywhere):
     # measured: equal to the last bit; with the pads attended (no mask function registered) 2% apart
     assert float(two) == pytest.approx(float(one), rel=1e-3)
 
+
+
+def test_a_causal_lm_gets_bf16_weights_too(written_t5_tokenizer, fixture_data_dir):
+    """The precision logic lives in the base class: the decoder-only family stores its frozen weights in bf16 as
+    well, and its first training loss is close to fp32's."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = written_t5_tokenizer
+    task = data_utils.get_task("cb")
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                             max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                                             eos_token_id=tok.eos_token_id, bos_token_id=None))
+        model.requires_grad_(False)
+        torch.manual_seed(0)
+        config = models.ResidualPromptConfig(num_virtual_tokens=3, reparameterization="MLP1", bottleneck=8)
+        wrapper = models.get_residual_prompt_model(model, config, tok, seq_len=128, precision=precision)
+        split = wrapper.encode_split(task, data_utils.load_split(task, "train", str(fixture_data_dir)), tok, 128)
+        batch = {k: v for k, v in next(iter(tu.make_batches(split, 4, task.target_len))).items() if k != "rows"}
+        optimizer = tu.build_optimizer("legacy_adamw", wrapper, lr=0.3)
+        losses[precision] = tu.train_step(wrapper, optimizer, batch)
+        if precision == "bf16":
+            assert {p.dtype for p in wrapper.model.parameters()} == {torch.bfloat16}
+            assert wrapper.prompt.dtype == torch.float32 and wrapper.prompt.grad is None  # stepped, zeroed
+    assert losses["bf16"].dtype == torch.float32
+    assert float(losses["bf16"]) == pytest.approx(float(losses["fp32"]), rel=2e-2)
