@@ -128,13 +128,18 @@ def _say(line):
 
 
 def versions():
-    import datasets
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import torch
     import transformers
 
+    try:  # its version without importing it: `import datasets` costs ~0.5-1.5 s of start-up, and only the Hub
+        datasets_version = version("datasets")  # path (data.py, lazily) uses it
+    except PackageNotFoundError:
+        datasets_version = None
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "datasets": datasets.__version__, "numpy": numpy.__version__}
+            "datasets": datasets_version, "numpy": numpy.__version__}
 
 
 def run(args, stop: StopSignal):
@@ -340,6 +345,11 @@ def _place(args, wrapper, device, dist):
         raise ConfigError(f"--fsdp and --compile are implemented for T5 models only: drop them for {args.model_name} "
                           f"(a {wrapper.FAMILY} model)")
     wrapper.to(device)
+    from residual_prompts.base import slow_precision_warning
+
+    warning = slow_precision_warning(args.precision, device.type)  # measures ~0.1 s, only for bf16/fp16 on a CPU
+    if warning:
+        print(f"train.py: warning: {warning}", file=sys.stderr, flush=True)
     if args.fsdp:
         distributed.shard_frozen_model(wrapper.model, device, dist.world)
     if args.tf32:

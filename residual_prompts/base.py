@@ -16,6 +16,8 @@ carries it, so no code assumes T5's 0). Shapes: see prompts.py.
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +74,13 @@ class PromptedModel(nn.Module):
             raise ConfigError(f"unknown --precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         self.model, self.tokenizer, self.soft_prompt = model, tokenizer, soft_prompt
         self.seq_len, self.precision = seq_len, precision
+        # A frozen model's weights are stored in the reduced dtype itself (half the memory, no per-op casts); a
+        # model whose weights train keeps fp32 master weights and runs under autocast (see autocast()).
+        self.weights_dtype = PRECISIONS[precision] if precision != "fp32" and not self.model_trains else None
+        if self.weights_dtype is not None:
+            model.to(self.weights_dtype)
+            if precision == "bf16":  # (fp16 keeps SDPA's fp32 softmax: T5's scores overflow fp16's range)
+                _use_reduced_attention(model)
         self.pad_id = tokenizer.pad_token_id if tokenizer is not None else model.config.pad_token_id
         self.prompt_config, self.prompt_ids = None, None  # set by models.wrap: the ResidualPromptConfig, the init's ids
 
@@ -177,10 +186,15 @@ class PromptedModel(nn.Module):
         return any(p.requires_grad for p in self.model.parameters())
 
     def autocast(self):
-        """The one precision context (--precision): the frozen model runs in bf16/fp16 under autocast; the prompt,
-        the reparameterization and a head are computed outside it, in fp32, and every parameter stays fp32."""
+        """The one precision context (--precision). A frozen model (nothing in it trains when the wrapper is built)
+        holds its weights in bf16/fp16 (``weights_dtype``): it runs in that dtype without autocast, and the fp32
+        prompt is cast once where it enters the model. A model whose weights train keeps fp32 master weights and
+        runs under autocast. Either way the prompt, the reparameterization and a head are computed outside, in
+        fp32, and the loss is fp32."""
         dtype = PRECISIONS[self.precision]
-        return torch.autocast(self.model.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        if dtype is None or self.weights_dtype is not None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=dtype)
 
     def projected_prompt(self) -> torch.Tensor | None:  # [P, H]
         return None if self.soft_prompt is None else self.soft_prompt.projected()
@@ -237,3 +251,90 @@ class PromptedModel(nn.Module):
             m.train(was_training)
         return {"projected_prompt": None if projected is None else projected.detach().float().cpu().clone(),
                 **self.trainable_state()}
+
+
+REDUCED_ATTENTION = "rpt_reduced"  # the attention of a model whose weights are stored in bf16/fp16
+
+
+def _reduced_attention(module, query, key, value, attention_mask, **kwargs):
+    """Attention for bf16 weights: with dropout (training), the model's own eager attention, whose products, softmax
+    and dropout stay in bf16 (SDPA's CPU path with dropout converts q, k, v to fp32 and back: 7-12% of a t5-small
+    bf16 step, CPU time, one thread); without dropout (evaluation), SDPA, whose fused CPU kernel keeps bf16 and is
+    the faster one there (eager: 17% more CPU time). A model module without an eager function gets SDPA. The tiny
+    T5's loss after 20 steps stays 0.12% from fp32 (tests/test_precision.py pins 1%)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if module.training and kwargs.get("dropout", 0.0) > 0:
+        import sys
+
+        eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        if eager is not None:
+            return eager(module, query, key, value, attention_mask, **kwargs)
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+def _use_reduced_attention(model):
+    """Switch a model on SDPA (transformers' default) to _reduced_attention; any other choice is left alone."""
+    if getattr(model.config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(REDUCED_ATTENTION, _reduced_attention)
+    # the masks the model builds for it: eager's additive float masks (padding, causality), which SDPA takes too; an
+    # implementation without a registered mask function gets no mask at all from transformers (padding attended)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(REDUCED_ATTENTION, eager_mask)
+    try:
+        model.set_attn_implementation(REDUCED_ATTENTION)
+    except (ValueError, ImportError, AttributeError):  # a model that accepts only its built-in implementations
+        model.set_attn_implementation("sdpa")
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_rates(device_type="cpu", n=512, seconds=0.02) -> dict:
+    """{precision: FLOP/s} of an [n, n] x [n, n] product in fp32, bf16 and fp16 on ``device_type``: the best of the
+    repetitions that fit in ``seconds`` per dtype after one warm-up, about 0.1 s in all. On a CPU it runs on one
+    thread (the thread count is restored): a per-core rate, which other processes on a shared machine disturb far
+    less than a multi-threaded product (2 threads on 2 busy cores measured 10x below 1 thread). Measured once per
+    process and kept in memory only."""
+    threads = torch.get_num_threads()
+    if device_type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return {name: _best_rate(dtype, device_type, n, seconds) for name, dtype in
+                (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _best_rate(dtype, device_type, n, seconds):
+    a = torch.randn(n, n, device=device_type).to(dtype)
+    b = torch.randn(n, n, device=device_type).to(dtype)
+    a @ b  # warm-up: kernel selection, first touch
+    best, end = 0.0, time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        a @ b
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+        if time.perf_counter() > end:
+            return best
+
+
+FASTER = 1.25  # reduced-precision products at least this much faster than fp32 per core: matrix units at work
+
+
+def slow_precision_warning(precision, device_type) -> str | None:
+    """A one-line warning when --precision ``precision`` will not be faster than fp32 on this CPU (no bf16/fp16
+    matrix units: its products measured less than FASTER x the fp32 rate, so the casts and elementwise work make
+    the step slower), naming the measured rates; None for fp32, on GPUs, or when the products measured faster.
+    Measures (matmul_rates) only when asked about bf16/fp16 on a CPU."""
+    if precision == "fp32" or device_type != "cpu":
+        return None
+    rates = matmul_rates("cpu")
+    if rates[precision] >= FASTER * rates["fp32"]:
+        return None
+    return (f"--precision {precision} will likely be slower than fp32 here: this CPU's {precision} matrix products "
+            f"measured {rates[precision] / 1e9:.1f} GFLOP/s per core against {rates['fp32'] / 1e9:.1f} for fp32 "
+            f"(no {precision} matrix units); drop --precision for speed")

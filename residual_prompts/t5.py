@@ -41,6 +41,9 @@ class PromptT5(PromptedModel):
 
     def outputs(self, batch, prompt):
         """-> (mean loss over the target tokens, logits [B, L, V]): one teacher-forced forward."""
+        if self.weights_dtype is not None:  # bf16/fp16 weights: the loss in fp32 from the logits (see loss)
+            out, labels = self._forward(batch, prompt, hf_loss=False)
+            return _mean_ce(out.logits, labels), out.logits
         out = self._forward(batch, prompt)[0]
         return out.loss.float(), out.logits
     def encoder_inputs(self, source_ids, prompt=None):
@@ -83,7 +86,12 @@ class PromptT5(PromptedModel):
         return out, labels
 
     def loss(self, batch, prompt=None):
-        """Mean cross-entropy over the non-pad target tokens (transformers' own, as the original's loss)."""
+        """Mean cross-entropy over the non-pad target tokens (transformers' own, as the original's loss). With the
+        frozen weights in bf16/fp16 the logits are too, and transformers would take its loss in that dtype: the
+        cross-entropy is then computed here, in fp32."""
+        if self.weights_dtype is not None:
+            out, labels = self._forward(batch, prompt, hf_loss=False)
+            return _mean_ce(out.logits, labels)
         return self._forward(batch, prompt)[0].loss.float()
 
     def token_losses(self, batch, prompt=None, encoded=None, cross_cache=None):
@@ -163,6 +171,12 @@ class PromptT5(PromptedModel):
         return EncodedSplit(data.encode_batch(tokenizer, list(sources), seq_len),
                             data.encode_batch(tokenizer, list(targets), task.target_len),
                             groups, official_groups, tokenizer.pad_token_id)
+
+
+def _mean_ce(logits, labels):
+    """Mean cross-entropy in fp32 over the labels that are not -100 (logits [B, L, V], labels [B, L])."""
+    return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                       ignore_index=-100)
 
 
 def _cross_cache_of(generated, encoder_output):

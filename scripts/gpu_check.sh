@@ -7,11 +7,14 @@
 # 1. builds a random T5 of the real t5-base shape (scripts/make_tiny_t5.py --shape t5-base; --quick: tiny) with
 #    the real T5 vocabulary, and reads the real data, both from ../shared/data (RPT_DATA_DIR overrides);
 # 2. (a) runs the tests marked gpu (tests/test_gpu.py: CUDA fp32 = CPU within the faithfulness tolerances, bf16
-#    and fp16 autocast finite and close to fp32, --compile and --tf32 run), with RPT_GPU_MODEL = that model;
-# 3. (b) times full CB runs of train.py (20 epochs; --quick: 1) in fp32 and, on a GPU, in bf16, and counts their
-#    FLOPs (scripts/benchmark.py --run_flops) for the MFU against the matrix-product rate measured on the device;
-# 4. runs scripts/benchmark.py at that shape: ex/s, FLOP/s and utilization of original / ours / ours_bf16 / peft,
-#    training and evaluation, the top operators, and evaluation before/after the one-pass change;
+#    and fp16 runs with the frozen weights stored in that dtype finite and close to fp32, bf16 weights taking half
+#    the memory, --compile and --tf32 run), with RPT_GPU_MODEL = that model;
+# 3. (b) times full CB runs of train.py (20 epochs; --quick: 1) in fp32 and, on a GPU, in bf16 (the frozen weights
+#    stored in bf16: --precision bf16), and counts their FLOPs (scripts/benchmark.py --run_flops) for the MFU
+#    against the matrix-product rate measured on the device;
+# 4. runs scripts/benchmark.py at that shape: ex/s, FLOP/s and utilization (of the machine's limit and of fp32) of
+#    original / ours / ours_bf16 (bf16 weights) / peft, training and evaluation in steady state, the top
+#    operators, and evaluation before/after the one-pass change;
 # 5. (c) writes every figure to one JSON: $OUT/gpu_check.json (and the step logs to $OUT/gpu_check_logs/) when OUT
 #    is set, else ./gpu_check.json. The work folder (in $TMPDIR) is removed at the end; GPU_CHECK_KEEP=1 keeps it.
 # Every step has a time limit and the later, optional steps are skipped when the time budget is spent; the JSON
@@ -24,7 +27,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=${2:?--device needs a value}; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: error: unknown argument $1 (valid: --device DEV, --quick)" >&2; exit 2 ;;
   esac
 done

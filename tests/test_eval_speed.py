@@ -84,7 +84,7 @@ def test_t5_evaluate_batch_equals_decode_plus_token_losses(written_t5_tokenizer,
             two = two_pass(wrapper, batch, prompt, task.target_len)
             whole = wrapper.evaluate_batch(batch, prompt, task.target_len)
             assert whole[:2] == two[:2] and torch.equal(whole[2], two[2])  # the same calls: bit for bit
-            # chunks pad less, so products of other shapes: float noise, at bf16's precision under bf16 autocast
+            # chunks pad less, so products of other shapes: float noise, at bf16's precision with bf16 weights
             assert_same(wrapper.evaluate_batch(batch, prompt, task.target_len, chunks=chunks), two,
                         rel=1e-6 if precision == "fp32" else 1e-2)
             preds += whole[0]

@@ -7,7 +7,8 @@
 - fp32 CUDA and CPU agree step by step on real CB batches, on the tiny T5 and (``RPT_GPU_MODEL=DIR``, which
   gpu_check.sh sets to its random t5-base-shaped model) at the acceptance shape;
 - one-pass evaluation (evaluate_batch) equals decode + token_losses on CUDA;
-- bf16 and fp16 autocast runs finish with finite losses close to fp32 at every step;
+- bf16 and fp16 runs (frozen weights stored in that dtype) finish with finite losses close to fp32 at every step,
+  and bf16 weights take half the frozen model's CUDA memory;
 - train.py runs with --compile 1, and with --tf32 1 and bf16 (child processes: also marked slow).
 TF32 is off in the fp32 comparisons (it changes numbers by design).
 """
@@ -176,8 +177,9 @@ def test_one_pass_evaluation_equals_two_passes_on_cuda(tiny_t5_dir, data_dir):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("which", ["tiny", "acceptance_shape"])
 def test_reduced_precision_runs_are_finite_and_close_to_fp32(which, precision, model_dirs, data_dir):
-    """A low-precision run (autocast; fp16 with its GradScaler) of 6 steps: at every step, from the run's own
-    state, its loss is finite and within 5 % of the fp32 loss of the same state and batch."""
+    """A low-precision run (the frozen weights stored in bf16/fp16; fp16 with its GradScaler) of 6 steps: at every
+    step, from the run's own state, its loss is finite and within 5 % of the fp32 loss of the same state and batch;
+    what trains stays fp32."""
     if which not in model_dirs:
         pytest.skip("RPT_GPU_MODEL is not set (scripts/gpu_check.sh sets it to its t5-base-shaped model)")
     model_dir, _ = model_dirs[which]
@@ -193,8 +195,23 @@ def test_reduced_precision_runs_are_finite_and_close_to_fp32(which, precision, m
             fp32_loss = ref.loss(b, ref.projected_prompt()).item()
         loss = tu.train_step(low, optimizer, b, scaler=scaler).item()
         assert np.isfinite(loss) and loss == pytest.approx(fp32_loss, rel=0.05)
-    assert all(p.dtype == torch.float32 for p in low.parameters())
+    assert all(p.dtype == torch.float32 for p in low.parameters() if p.requires_grad)
+    assert {p.dtype for p in low.model.parameters()} == {models.PRECISIONS[precision]}
     assert torch.isfinite(low.prompt).all() and not torch.equal(low.prompt, before)
+
+
+def test_bf16_weights_halve_the_frozen_models_memory_on_cuda(tiny_t5_dir):
+    """--precision bf16 stores the frozen model's weights in bf16: the wrapper's CUDA memory is half fp32's, up to
+    the fp32 prompt and network."""
+    used = {}
+    for precision in ("fp32", "bf16"):
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        wrapper, optimizer, _ = _wrapper(str(tiny_t5_dir), CUDA, precision)
+        used[precision] = torch.cuda.memory_allocated() - before
+        trainable = sum(p.numel() * 4 for p in wrapper.parameters() if p.requires_grad)
+        del wrapper, optimizer
+    assert used["bf16"] - trainable == pytest.approx((used["fp32"] - trainable) / 2, rel=0.05)
 
 
 @pytest.mark.slow
