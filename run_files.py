@@ -216,7 +216,8 @@ def run_problem(args: dict, results: dict) -> str | None:
                                                 and _number_or_none(e, "score") and _number_or_none(e, "loss")
                                                 for e in history):
         return "results.json's validation is not a list of {epoch, score, loss, ...} entries with finite numbers"
-    if not isinstance(results.get("train", {}), dict) or not isinstance(results.get("norms", {}), dict):
+    # norms is null for a run without a prompt (head only, fine-tuning): train.py writes wrapper.norms(), None there
+    if not isinstance(results.get("train", {}), dict) or not isinstance(results.get("norms") or {}, dict):
         return "results.json's train or norms is not an object"
     recorded = results.get("args") or {}
     diff = differing_args(recorded, {k: v for k, v in args.items() if k in recorded})

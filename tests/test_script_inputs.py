@@ -224,3 +224,15 @@ def test_a_locked_run_folder_is_running_not_failed(sweep, tmp_path):
                                                            "--save_name", "r0"]})
         assert reason.startswith("running") and "pid 4242 on host node7" in reason
     assert run_files.run_status(str(folder)) == "partial" and run_files.lock_holder(str(folder)) is None
+
+
+def test_records_of_runs_without_a_prompt_are_vouched_for():
+    """A head-only or fine-tuning run writes "norms": null (no prompt to measure): a valid record, as every committed
+    head-only record of docs/results/runs is."""
+    import run_files
+
+    record = ROOT / "docs" / "results" / "runs" / "sst2-head_only-len0-lr0.01-seed1"
+    args = json.loads((record / "args.json").read_text())
+    results = json.loads((record / "results.json").read_text())
+    assert results["norms"] is None and run_files.run_problem(args, results) is None
+    assert run_files.run_problem(args, {**results, "norms": [1.0]}) == "results.json's train or norms is not an object"
