@@ -62,18 +62,38 @@ def test_every_shipped_sweep_expands_into_runs_train_py_accepts(sweep, parser, p
             assert sweep._fmt(getattr(args, flag)) in {sweep._fmt(v) for v in values}
 
 
-def test_table1_is_four_methods_on_seven_superglue_tasks_three_seeds(sweep, parser):
+def test_table1_is_four_methods_on_the_eight_superglue_tasks_three_seeds(sweep, parser):
     _, runs = expand_file(sweep, ROOT / "scripts/sweeps/table1.yaml")
     args = [parser.parse_args(r["argv"]) for r in runs]
-    assert len(runs) == 84
-    assert {(a.prefix_MLP, a.residual) for a in args} == {("None", 1), ("MLP1", 0), ("LSTM1", 1), ("MLP1", 1)}
-    # WSC as the original's own scripts run it (the generative `wsc`), not wsc_bool: README and docs say so
-    assert {a.task for a in args} == {"boolq", "cb", "copa", "multirc", "rte_superglue", "wic", "wsc"}
+    assert len(runs) == 96
+    assert {(a.prefix_MLP, a.residual) for a in args} == {("None", 1), ("MLP1", 0), ("LSTM", 0), ("MLP1", 1)}
+    # WSC as the original's own scripts run it (the generative `wsc`), not wsc_bool: README and docs say so;
+    # ReCoRD (Hub data) is one of the paper's SuperGLUE tasks
+    assert {a.task for a in args} == {"boolq", "cb", "copa", "multirc", "record", "rte_superglue", "wic", "wsc"}
     assert {a.seed for a in args} == {1, 2, 3}
     # no test half, as the original's scripts: the paper's numbers are best scores on the full validation split
     assert {(a.lr, a.prefix_len, a.batch_size, a.num_epochs, a.freeze_weights, a.early_stopping,
              a.get_test_subset, a.model_name) for a in args} == {(0.3, 10, 8, 20, 1, 1, 0, "t5-base")}
     assert runs[0]["name"] == "boolq-pt-len10-lr0.3-seed1"  # order: task, method, then the other axes
+
+
+def test_table1_lstm_is_p_tuning_lstm_without_the_skip(sweep):
+    """The "PT w/ LSTM" row is P-tuning's reparameterization (LSTM then an MLP head), without the skip connection:
+    the default residual 1 would make it a residual LSTM, another method. Checked on the printed commands."""
+    r = run_cli("list", str(ROOT / "scripts/sweeps/table1.yaml"), "--set", "method=lstm")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 24
+    for line in lines:
+        cmd = shlex.split(line.split("\t", 1)[1])
+        assert cmd[cmd.index("--prefix_MLP") + 1] == "LSTM" and cmd[cmd.index("--residual") + 1] == "0"
+
+
+@pytest.mark.parametrize("name", ["table1", "finetune", "lr_robustness", "prompt_length", "few_shot"])
+def test_every_superglue_sweep_has_record(sweep, name):
+    spec, runs = expand_file(sweep, ROOT / f"scripts/sweeps/{name}.yaml")
+    assert "record" in spec["grid"]["task"]
+    assert "data_dir" not in spec["fixed"]  # ReCoRD comes from the Hub: the local files have none
 
 
 def _sbatch_runs(path, parser):
@@ -98,7 +118,7 @@ def test_sbatch_writes_an_array_script_and_its_run_list(sweep, tmp_path, capsys)
                      "--set", f"sbatch.output={tmp_path}/logs/%a.log", "--set", "sbatch.max_parallel=8"])
     assert rc == 0
     text = out.read_text()
-    for line in ("#SBATCH --array=0-83%8", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300",
+    for line in ("#SBATCH --array=0-95%8", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300",
                  f"#SBATCH --output={tmp_path}/logs/%a.log", "#SBATCH --open-mode=append", f"#SBATCH --chdir={ROOT}",
                  "#SBATCH --gres=gpu:1", "#SBATCH --job-name=table1"):
         assert line in text.splitlines()
@@ -112,7 +132,7 @@ def test_sbatch_writes_an_array_script_and_its_run_list(sweep, tmp_path, capsys)
     sweep.main(["list", str(ROOT / "scripts/sweeps/table1.yaml")])
     assert listed == capsys.readouterr().out.splitlines()  # line i of the run list = array index i = `list` line i
     runs, _ = sweep.read_runs(str(tmp_path / "jobs" / "table1.runs"), [])
-    assert len(runs) == 84 and runs[5]["name"] == listed[5].split("\t")[0]
+    assert len(runs) == 96 and runs[5]["name"] == listed[5].split("\t")[0]
 
 
 def _tiny_sweep(tmp_path, **fixed):
