@@ -11,7 +11,8 @@ label, the --group_by values and the task are the seeds of one cell. The score i
 the early-stopping score, i.e. the mean of the two metrics where a task has two (cb: accuracy and macro-F1).
 std is the sample standard deviation (ddof=1; none for a single seed). "Avg" is the mean of a row's task means
 (blank when the row lacks a task). Incomplete runs and runs without the chosen score are skipped with a warning;
-a cell that averages runs differing in another argument (say lr) is warned about, naming the --group_by to add.
+a cell whose runs differ in another argument (say lr: a swept axis) is refused (exit 2, one line naming the
+argument and its values) unless --group_by names it or --pool asks to average across it.
 
 --paired A B replaces the table by paired differences A − B (method labels as in the table, e.g.
 "Residual PT (MLP1)" PT): runs of A and B are paired when they share task, seed, data_seed and the --group_by
@@ -58,6 +59,9 @@ def build_parser():
     p.add_argument("--baseline", action="store_true",
                    help="with --metric test: add a row 'No signal (constant)': per task, results.json's "
                         "test.constant_score (the best one-label prediction of each test half) over the runs' halves")
+    p.add_argument("--pool", action="store_true",
+                   help="average a cell's runs even where they differ in an argument other than the seeds (say lr); "
+                        "without it make_table.py refuses (exit 2) and names the --group_by to add")
     p.add_argument("--out", default=None, metavar="PREFIX",
                    help="also write PREFIX.csv and PREFIX.tex, replacing earlier ones (default: print only)")
     return p
@@ -251,10 +255,16 @@ def main(argv=None):
         df = pd.concat([base, df], ignore_index=True)
     for key, part in df[df["method"] != BASELINE].groupby(["method", *group_by, "task"], sort=False, dropna=False):
         mixed = run_folder.mixed_arguments([by_path[p] for p in part["path"]])
-        if mixed:
-            what = "; ".join(f"{k} {v}" for k, v in mixed.items())
-            print(f"make_table.py: warning: cell {' / '.join(map(str, key))} averages runs that differ in {what}: "
-                  f"add --group_by {','.join(mixed)} to split them", file=sys.stderr)
+        if mixed:  # a cell would average across an argument the runs were swept over: refuse unless asked to pool
+            what = " and ".join(f"{k} ({', '.join(map(_text, v))})" for k, v in mixed.items())
+            cell = " / ".join(map(str, key))
+            if not args.pool:
+                print(f"make_table.py: error: runs of cell {cell} differ in {what}: pass --group_by "
+                      f"{','.join(mixed)}, or --pool to average across {'it' if len(mixed) == 1 else 'them'}",
+                      file=sys.stderr)
+                return EXIT_BAD_INPUT
+            print(f"make_table.py: warning: --pool: cell {cell} averages runs that differ in {what}",
+                  file=sys.stderr)
 
     score_name = {"best_val": "best validation score x 100", "test": "test score (best validation state) x 100",
                   "norm_ratio": "||phi(P)|| / ||e|| (mean row norms: projected prompt over vocabulary)",

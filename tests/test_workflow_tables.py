@@ -131,15 +131,27 @@ def test_same_seed_count_is_said_once(sweep, tmp_path, capsys):
     assert "n=2 per cell" in out and "ddof=1" in out
 
 
-def test_group_by_splits_rows_and_mixed_cells_are_warned_about(sweep, tmp_path, capsys):
+def test_group_by_splits_rows_and_mixed_cells_are_refused_unless_pooled(sweep, tmp_path, capsys):
     for seed, best in ((0, 0.60), (1, 0.70)):
         write_run(sweep / "res_lr", f"cb_s{seed}", [best], None, seed=seed, lr=0.03, **RES)
-    assert make_table.main([str(sweep / "res"), str(sweep / "res_lr"), "--out", str(tmp_path / "t")]) == 0
+    # without --group_by the four cb runs would be one cell across two lrs: refused, one line naming the axis
+    assert make_table.main([str(sweep / "res"), str(sweep / "res_lr"), "--out", str(tmp_path / "t")]) == 2
     printed = capsys.readouterr()
-    # without --group_by the four cb runs are one cell (mean of 80, 84, 60, 70), and that is said
+    errors = [ln for ln in printed.err.splitlines() if "error" in ln]  # (beside the unfinished run's warning)
+    assert printed.out == "" and errors == [
+        "make_table.py: error: runs of cell Residual PT (MLP1) / cb differ in lr (0.03, 0.3): pass --group_by lr, "
+        "or --pool to average across it"]
+    assert not (tmp_path / "t.csv").exists()
+    for extra in (["--paired", "Residual PT (MLP1)", "PT"], ["--metric", "wall_time_s"]):  # every mode refuses
+        assert make_table.main([str(sweep), str(sweep / "res_lr"), *extra]) == 2
+        assert "differ in lr (0.03, 0.3): pass --group_by lr" in capsys.readouterr().err
+
+    # --pool asks for the average across lr (mean of 80, 84, 60, 70), and the warning says what was pooled
+    assert make_table.main([str(sweep / "res"), str(sweep / "res_lr"), "--pool", "--out", str(tmp_path / "t")]) == 0
+    printed = capsys.readouterr()
     assert table_lines(printed.out)[2].startswith(
         f"| Residual PT (MLP1) | 73.5 ± {np.std([80, 84, 60, 70], ddof=1):.1f} (n=4) |")
-    assert "cell Residual PT (MLP1) / cb averages runs that differ in lr [0.03, 0.3]: add --group_by lr" in printed.err
+    assert "warning: --pool: cell Residual PT (MLP1) / cb averages runs that differ in lr (0.03, 0.3)" in printed.err
 
     assert make_table.main([str(sweep / "res"), str(sweep / "res_lr"), "--group_by", "lr", "--out",
                             str(tmp_path / "g")]) == 0
@@ -150,7 +162,7 @@ def test_group_by_splits_rows_and_mixed_cells_are_warned_about(sweep, tmp_path, 
         f"| Residual PT (MLP1) | 0.03 | 65.0 ± {np.std([60, 70], ddof=1):.1f} | – | – |",
         "| Residual PT (MLP1) | 0.3 | 82.0 ± 2.8 | 70.0 ± 0.0 | 76.0 |"]
     assert "n=2 per cell" in printed.out  # every cell has 2 seeds: said once
-    assert "averages runs that differ" not in printed.err
+    assert "differ in" not in printed.err
     csv = pd.read_csv(tmp_path / "g.csv")
     row = csv[(csv["lr"] == 0.03) & (csv["task"] == "cb")].iloc[0]
     assert row["mean_x100"] == pytest.approx(65.0) and row["n"] == 2
