@@ -1,7 +1,7 @@
 """Residual Prompt Tuning (Razdaibiedina et al., Findings of ACL 2023): train a soft prompt, optionally through a
 residual MLP, for a frozen T5 on a GLUE / SuperGLUE task, with early stopping; write scores and the prompt.
 
-One GPU (the paper's Residual PT setting, Sec. 4.1):
+One GPU (Residual PT in the paper's Table 1 protocol, scored on a held-out half of validation: --get_test_subset 1):
     python train.py --task cb --prefix_MLP MLP1 --lr 0.3 --freeze_weights 1 --early_stopping 1 \
         --get_test_subset 1 --num_epochs 20 --prefix_len 10 --model_name t5-base --save_dir runs --save_name cb_mlp1
 CPU, offline, tiny model (smoke test, ~1 min):

@@ -323,3 +323,21 @@ def test_readme_documents_table1s_tasks_and_validation_choice():
     section = text[text.index("## Reproducing the paper"):]
     section = section[:section.index("\n## ", 1)]
     assert "`wsc`" in section and "get_test_subset=1" in section and "best_val" in section
+
+
+@pytest.mark.parametrize("name", ["table1", "finetune", "lr_robustness", "few_shot", "prompt_length", "init_ablation"])
+def test_readme_gives_one_run_and_one_table_command_per_paper_result(sweep, name):
+    """Each paper sweep has a row in the README's table with the command that runs it and the make_table.py call
+    that makes its table: that call groups by every axis the sweep varies besides task and seed, so make_table.py
+    (which refuses to pool a swept argument) accepts the runs."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Reproducing the paper"):]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| ") and f"scripts/sweeps/{name}.yaml" in ln]
+    assert len(rows) == 1, f"{name}: {len(rows)} README rows"
+    table = re.findall(r"`(python scripts/make_table\.py [^`]*)`", rows[0])
+    assert len(table) == 1, rows[0]
+    spec = sweep.load_sweep(str(ROOT / f"scripts/sweeps/{name}.yaml"))
+    swept = {k for k in spec["grid"] if k not in ("task", "seed")}
+    m = re.search(r"--group_by (\S+)", table[0])
+    assert set(m.group(1).split(",") if m else []) == swept, table[0]
+    assert f"runs/{name}" in table[0] and spec["fixed"]["save_dir"] == f"runs/{name}"
