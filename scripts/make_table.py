@@ -17,7 +17,8 @@ argument and its values) unless --group_by names it or --pool asks to average ac
 --paired A B replaces the table by paired differences A − B (method labels as in the table, e.g.
 "Residual PT (MLP1)" PT): runs of A and B are paired when they share task, seed, data_seed and the --group_by
 values (their learning rates may differ: each method at its own chosen lr); per task and over all pairs: n, the mean
-difference, its 95% t-interval, the std, and wins / ties / losses of A. --spread KEY adds, per method and task,
+difference, its 95% t-interval, the std, the minimum detectable effect at 80% power (two-sided paired t-test, alpha
+0.05, from that n and std), wins / ties / losses of A (a tie: |difference| <= --tie_tol) and the sign test's p. --spread KEY adds, per method and task,
 how the cell means move across KEY's values (e.g. lr): the best and worst value (ties: the lowest value), their
 means, range and std.
 
@@ -54,6 +55,8 @@ def build_parser():
     p.add_argument("--group_by", default="", help="comma-separated args.json keys that split rows (e.g. lr,prefix_len)")
     p.add_argument("--paired", nargs=2, metavar=("A", "B"), default=None,
                    help="print paired differences A - B (method labels) per task instead of the table")
+    p.add_argument("--tie_tol", type=float, default=0.0, metavar="POINTS",
+                   help="with --paired: a difference within +-POINTS (x 100 scale) counts as a tie (default 0: exact)")
     p.add_argument("--spread", default=None, metavar="KEY",
                    help="also print, per method and task, the spread of the cell means across KEY (a --group_by key)")
     p.add_argument("--baseline", action="store_true",
@@ -149,7 +152,7 @@ def display_table(cells, tasks, group_by, show_n, digits=1):
     return pd.DataFrame(list(rows.values()), columns=["Method", *group_by, *tasks, "Avg"]).fillna("–")
 
 
-def paired(df, runs, a, b, group_by):
+def paired(df, runs, a, b, group_by, tie_tol=0.0):
     """Rows of paired differences A − B (x 100): per task, then "All" over every pair."""
     by_path = {r.path: r for r in runs}
     labels = set(df["method"])
@@ -174,23 +177,49 @@ def paired(df, runs, a, b, group_by):
     for key, part in diff.groupby(["task", *group_by], sort=False):  # one row per task (and --group_by values)
         key = key if isinstance(key, tuple) else (key,)
         label = key[0] + "".join(f", {g} {_text(v)}" for g, v in zip(group_by, key[1:]))
-        rows.append({**_diff_row(label, part["diff"]), "_order": (run_folder.task_rank(key[0]),
+        rows.append({**_diff_row(label, part["diff"], tie_tol), "_order": (run_folder.task_rank(key[0]),
                                                                   [_value_key(v) for v in key[1:]])})
     rows = [{k: v for k, v in r.items() if k != "_order"} for r in sorted(rows, key=lambda r: r["_order"])]
-    return pd.DataFrame(rows + [_diff_row("All", diff["diff"])])
+    return pd.DataFrame(rows + [_diff_row("All", diff["diff"], tie_tol)])
 
 
 def _text(v):
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _diff_row(task, d):
+def mde(n, std, alpha=0.05, power=0.8):
+    """Minimum detectable effect of a two-sided paired t-test at level ``alpha`` with ``n`` pairs whose
+    differences have standard deviation ``std``: the true mean difference that the test detects with probability
+    ``power`` (noncentral t, df = n - 1, noncentrality = effect * sqrt(n) / std). nan for n < 2 or std = 0."""
+    from scipy import optimize, stats
+    if n < 2 or not std > 0:
+        return math.nan
+    df, crit = n - 1, float(stats.t.ppf(1 - alpha / 2, n - 1))
+
+    def shortfall(effect):
+        nc = effect * math.sqrt(n) / std
+        far = float(stats.nct.sf(crit, df, -nc))  # = P(T < -crit): the other tail (scipy's cdf there can be nan)
+        return float(stats.nct.sf(crit, df, nc)) + (0.0 if math.isnan(far) else far) - power
+    hi = std
+    while shortfall(hi) < 0:  # power grows with the effect: double until it reaches ``power``
+        hi *= 2
+    return float(optimize.brentq(shortfall, 0.0, hi, xtol=1e-9 * std))
+
+
+def _diff_row(task, d, tie_tol=0.0):
     from scipy import stats
     n, mean = len(d), float(d.mean())
     std = float(d.std(ddof=1)) if n > 1 else math.nan
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
     return {"task": task, "n": n, "mean": mean, "lo": mean - half, "hi": mean + half, "std": std,
-            "wins": int((d > 0).sum()), "ties": int((d == 0).sum()), "losses": int((d < 0).sum())}
+            "mde80": mde(n, std), "wins": int((d > tie_tol).sum()), "ties": int((d.abs() <= tie_tol).sum()),
+            "losses": int((d < -tie_tol).sum()), "sign_p": _sign_p(int((d > tie_tol).sum()), int((d < -tie_tol).sum()))}
+
+
+def _sign_p(wins, losses):
+    """Two-sided exact sign test of wins against losses (ties left out); nan without either."""
+    from scipy import stats
+    return float(stats.binomtest(wins, wins + losses).pvalue) if wins + losses else math.nan
 
 
 def paired_markdown(rows, a, b):
@@ -199,8 +228,10 @@ def paired_markdown(rows, a, b):
     wide = pd.DataFrame({"task": rows["task"], "pairs": rows["n"], f"{a} − {b}": rows["mean"].map(num),
                          "95% CI": [f"[{num(lo)}, {num(hi)}]" for lo, hi in zip(rows["lo"], rows["hi"])],
                          "std": rows["std"].map(lambda v: "–" if math.isnan(v) else f"{v:.1f}"),
+                         "MDE (80%)": rows["mde80"].map(lambda v: "–" if math.isnan(v) else f"{v:.1f}"),
                          "wins / ties / losses": [f"{w} / {t} / {l}" for w, t, l in
-                                                  zip(rows["wins"], rows["ties"], rows["losses"])]})
+                                                  zip(rows["wins"], rows["ties"], rows["losses"])],
+                         "sign test p": rows["sign_p"].map(lambda v: "–" if math.isnan(v) else f"{v:.2f}")})
     return to_markdown(wide)
 
 
@@ -253,6 +284,9 @@ def main(argv=None):
             print("make_table.py: warning: --baseline: no run records test.constant_score (runs made before it "
                   "existed)", file=sys.stderr)
         df = pd.concat([base, df], ignore_index=True)
+    if args.spread and args.spread not in group_by:
+        print(f"make_table.py: error: --spread {args.spread} needs --group_by {args.spread}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for key, part in df[df["method"] != BASELINE].groupby(["method", *group_by, "task"], sort=False, dropna=False):
         mixed = run_folder.mixed_arguments([by_path[p] for p in part["path"]])
         if mixed:  # a cell would average across an argument the runs were swept over: refuse unless asked to pool
@@ -272,18 +306,17 @@ def main(argv=None):
                   "wall_time_s": "wall time of the run in seconds (results.json wall_time_s)"}[args.metric]
     if args.paired:
         try:
-            rows = paired(df, runs, *args.paired, group_by)
+            rows = paired(df, runs, *args.paired, group_by, args.tie_tol)
         except ValueError as e:
             print(f"make_table.py: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         print(paired_markdown(rows, *args.paired))
         print(f"\npaired difference of the {score_name} ({args.paired[0]} minus {args.paired[1]}, runs paired "
               f"on task, seed, data_seed{''.join(', ' + g for g in group_by)}); 95% CI: mean ± t(0.975, n-1) · std "
-              f"/ sqrt(n); All pools every pair as independent")
+              f"/ sqrt(n); MDE (80%): the true mean difference a two-sided paired t-test at alpha 0.05 detects with "
+              f"probability 0.8, given these n and std; a tie: |difference| <= {_text(args.tie_tol)}; sign test: "
+              f"exact two-sided binomial test of wins against losses; All pools every pair as independent")
         return _write(rows, None, args.out, None, 0)
-    if args.spread and args.spread not in group_by:
-        print(f"make_table.py: error: --spread {args.spread} needs --group_by {args.spread}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     cells, tasks = aggregate(df, group_by)
     counts = cells.loc[cells["task"] != "Avg", "n"]
     show_n = counts.nunique() > 1

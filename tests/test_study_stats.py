@@ -30,7 +30,8 @@ def test_paired_differences_per_task_and_over_all_pairs(sweep, tmp_path, capsys)
     d = pd.Series([18.0, 15.0, 16.0, 20.0])
     assert rows.loc["All", "std"] == pytest.approx(d.std(ddof=1))
     lines = table_lines(printed)
-    assert lines[0] == "| task | pairs | Residual PT (MLP1) − PT | 95% CI | std | wins / ties / losses |"
+    assert lines[0] == ("| task | pairs | Residual PT (MLP1) − PT | 95% CI | std | MDE (80%) | wins / ties / losses | "
+                        "sign test p |")
     assert lines[2].startswith("| cb | 2 | +16.5 | [") and lines[-1].startswith("| All | 4 | +17.2")
 
 
@@ -39,6 +40,8 @@ def test_paired_needs_partners_and_one_run_per_key(sweep, capsys):  # noqa: F811
     assert "no run of method 'PT + MLP1 (no residual)'" in capsys.readouterr().err
     write_run(sweep / "pt", "cb_s0_lr1", [0.5, 0.6], 0.6, seed=0, lr=1.0, **PT)  # a second PT run for cb seed 0
     assert make_table.main([str(sweep), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT"]) == 2
+    assert "runs of cell PT / cb differ in lr (0.3, 1): pass --group_by lr" in capsys.readouterr().err
+    assert make_table.main([str(sweep), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT", "--pool"]) == 2
     err = capsys.readouterr().err
     assert "'PT' has several runs" in err and "--group_by" in err
     # grouped by lr, the pairs need the same lr: none of Residual PT's (0.3) meets PT's 1.0 run, 0.3 ones pair
@@ -106,3 +109,37 @@ def test_norm_ratios_are_plain_ratios_not_scores(tmp_path, capsys):
     assert "skipped 1 run(s) with no prompt norms" in printed.err
     assert make_table.main([str(root), "--metric", "branch_ratio"]) == 0
     assert table_lines(capsys.readouterr().out)[2] == "| Residual PT (MLP1) | 10.00 ± 0.42 | 10.00 |"
+
+
+def test_minimum_detectable_effect_of_a_paired_t_test():
+    # at the MDE the two-sided paired t-test (alpha 0.05) has power 0.8: checked with the noncentral t directly
+    for n, sd in ((5, 1.7), (15, 3.0), (3, 10.0)):
+        d = make_table.mde(n, sd)
+        crit, nc = stats.t.ppf(0.975, n - 1), d * math.sqrt(n) / sd
+        assert stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc) == pytest.approx(0.8, abs=1e-6)
+    # large n: the normal approximation (z_0.975 + z_0.8) * sd / sqrt(n)
+    assert make_table.mde(2000, 1.0) == pytest.approx((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / math.sqrt(2000),
+                                                       rel=2e-3)
+    assert make_table.mde(5, 1.7) == pytest.approx(2.9, abs=0.05)  # what an independent review computed for sst2
+    assert math.isnan(make_table.mde(1, 1.0)) and math.isnan(make_table.mde(4, 0.0))
+    # more pairs, smaller MDE; it is not the CI half-width (which is smaller)
+    assert make_table.mde(15, 2.0) < make_table.mde(5, 2.0)
+    assert make_table.mde(5, 2.0) > stats.t.ppf(0.975, 4) * 2.0 / math.sqrt(5)
+
+
+def test_paired_ties_within_a_tolerance_and_sign_test(tmp_path, capsys):
+    for seed, (a, b) in enumerate(((0.700, 0.6994), (0.80, 0.70), (0.60, 0.70), (0.75, 0.70))):
+        write_run(tmp_path / "runs", f"res{seed}", [a], a, seed=seed, **RES)
+        write_run(tmp_path / "runs", f"pt{seed}", [b], b, seed=seed, **PT)
+    out = tmp_path / "p"
+    assert make_table.main([str(tmp_path / "runs"), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT",
+                            "--tie_tol", "0.5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = pd.read_csv(f"{out}.csv").set_index("task")
+    # +0.06 is a tie within 0.5 points, not a win
+    assert (rows.loc["cb", "wins"], rows.loc["cb", "ties"], rows.loc["cb", "losses"]) == (2, 1, 1)
+    assert rows.loc["cb", "sign_p"] == pytest.approx(stats.binomtest(2, 3).pvalue)
+    assert rows.loc["cb", "mde80"] == pytest.approx(make_table.mde(4, rows.loc["cb", "std"]))
+    assert "a tie: |difference| <= 0.5" in printed and "| MDE (80%) |" in printed
+    assert make_table.main([str(tmp_path / "runs"), "--metric", "test", "--paired", "Residual PT (MLP1)", "PT"]) == 0
+    assert "| 3 / 0 / 1 |" in capsys.readouterr().out  # default: exact ties only (+0.06 is a win)
