@@ -18,9 +18,9 @@ argument and its values) unless --group_by names it or --pool asks to average ac
 "Residual PT (MLP1)" PT): runs of A and B are paired when they share task, seed, data_seed and the --group_by
 values (their learning rates may differ: each method at its own chosen lr); per task and over all pairs: n, the mean
 difference, its 95% t-interval, the std, the minimum detectable effect at 80% power (two-sided paired t-test, alpha
-0.05, from that n and std), wins / ties / losses of A (a tie: |difference| <= --tie_tol) and the sign test's p. --spread KEY adds, per method and task,
-how the cell means move across KEY's values (e.g. lr): the best and worst value (ties: the lowest value), their
-means, range and std.
+0.05, from that n and std), wins / ties / losses of A (a tie: |difference| <= --tie_tol) and the sign test's p.
+--spread KEY adds, per method and task, how the cell means move across KEY's values (e.g. lr): the best and worst
+value (ties: the lowest value), their means, range and std.
 
 Prints a markdown table on stdout (warnings go to stderr, so `> table.md` keeps the table only). With --out PREFIX
 it also writes PREFIX.csv (one line per cell: method, group values, task, n, mean, std, seeds; unrounded) and

@@ -4,8 +4,8 @@
     python scripts/plot_curves.py runs/ --out plots/ --group_by prefix_len --metric test
 
 Writes into --out:
-  val_curves.png   per task the validation score x 100 over the validation loss, against the epoch (five tasks
-                   per row, then wrapping); per method a line for the mean over seeds and a band of ± the sample
+  val_curves.png   per task the validation score x 100 over the validation loss, against the epoch (1-based;
+                   five tasks per row, then wrapping); per method a line for the mean over seeds and a band of ± the sample
                    std (ddof=1; no band for a single seed, and at an epoch that only some seeds reached, the mean of
                    those)
   score_vs_lr.png  only when runs of one method and task differ in --lr: the score (--metric: best_val or test)
@@ -52,9 +52,10 @@ def series_label(run, group_by):
 
 
 def curves_frame(runs, group_by):
-    """One row per (run, evaluation): label, task, epoch, score x 100, loss."""
+    """One row per (run, evaluation): label, task, epoch (1-based: 1 = after the first epoch, as convergence.py and
+    the tables count; results.json counts from 0), score x 100, loss."""
     return pd.DataFrame([{"label": series_label(r, group_by), "method": r.method, "task": r.task, "path": r.path,
-                          "epoch": e["epoch"], "score": _x100(e["score"]), "loss": _float(e["loss"])}
+                          "epoch": e["epoch"] + 1, "score": _x100(e["score"]), "loss": _float(e["loss"])}
                          for r in runs for e in r.results.get("validation", [])])
 
 
@@ -125,7 +126,7 @@ def curves_figure(df, tasks, per_row=5):
             _band(top, s["epoch"], s["score_mean"], s["score_std"], colors[lab], lab)
             _band(bottom, s["epoch"], s["loss_mean"], s["loss_std"], colors[lab], lab)
         top.set_title(task)
-        bottom.set_xlabel("epoch")
+        bottom.set_xlabel("epoch (1 = after the first)")
         if j % ncol == 0:
             top.set_ylabel("validation score x 100")
             bottom.set_ylabel("validation loss")

@@ -30,8 +30,8 @@ def test_paired_differences_per_task_and_over_all_pairs(sweep, tmp_path, capsys)
     d = pd.Series([18.0, 15.0, 16.0, 20.0])
     assert rows.loc["All", "std"] == pytest.approx(d.std(ddof=1))
     lines = table_lines(printed)
-    assert lines[0] == ("| task | pairs | Residual PT (MLP1) − PT | 95% CI | std | MDE (80%) | wins / ties / losses | "
-                        "sign test p |")
+    assert lines[0] == ("| task | pairs | Residual PT (MLP1) − PT | 95% CI | std | MDE (80%) "
+                        "| wins / ties / losses | sign test p |")
     assert lines[2].startswith("| cb | 2 | +16.5 | [") and lines[-1].startswith("| All | 4 | +17.2")
 
 

@@ -193,6 +193,7 @@ def test_curves_are_means_and_stds_over_seeds(sweep, tmp_path, capsys):
     runs, _ = plot_curves.run_folder.find_runs([sweep])
     stats = plot_curves.plot_curves(plot_curves.curves_frame(runs, []), ["cb", "rte_superglue"], tmp_path / "c.png")
     pt_cb = stats[(stats["label"] == "PT") & (stats["task"] == "cb")].set_index("epoch")
+    assert pt_cb.index.tolist() == [1, 2]  # 1-based epochs, as the convergence table counts them
     assert pt_cb["score_mean"].tolist() == pytest.approx([55.0, 75.0])  # (50, 60, 55) and (70, 75, 80)
     assert pt_cb["score_std"].tolist() == pytest.approx([5.0, 5.0])
     assert pt_cb["loss_mean"].tolist() == pytest.approx([0.45, 0.25]) and pt_cb["n"].tolist() == [3, 3]
