@@ -287,6 +287,7 @@ def main(argv=None):
     if args.spread and args.spread not in group_by:
         print(f"make_table.py: error: --spread {args.spread} needs --group_by {args.spread}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    pooled = {}  # argument -> number of cells that average across it (with --pool)
     for key, part in df[df["method"] != BASELINE].groupby(["method", *group_by, "task"], sort=False, dropna=False):
         mixed = run_folder.mixed_arguments([by_path[p] for p in part["path"]])
         if mixed:  # a cell would average across an argument the runs were swept over: refuse unless asked to pool
@@ -297,8 +298,11 @@ def main(argv=None):
                       f"{','.join(mixed)}, or --pool to average across {'it' if len(mixed) == 1 else 'them'}",
                       file=sys.stderr)
                 return EXIT_BAD_INPUT
-            print(f"make_table.py: warning: --pool: cell {cell} averages runs that differ in {what}",
-                  file=sys.stderr)
+            for k in mixed:
+                pooled[k] = pooled.get(k, 0) + 1
+    if pooled:
+        print("make_table.py: warning: --pool: cells average runs that differ in "
+              + ", ".join(f"{k} ({n} cell{'s' * (n > 1)})" for k, n in sorted(pooled.items())), file=sys.stderr)
 
     score_name = {"best_val": "best validation score x 100", "test": "test score (best validation state) x 100",
                   "norm_ratio": "||phi(P)|| / ||e|| (mean row norms: projected prompt over vocabulary)",
