@@ -147,9 +147,10 @@ def display_table(cells, tasks, group_by, show_n, digits=1):
     keys = ["method", *group_by]
     rows = {}
     for _, c in cells.iterrows():  # cells come sorted: rows and columns keep that order
-        row = rows.setdefault(tuple(c[k] for k in keys), dict(zip(["Method", *group_by], (c[k] for k in keys))))
+        values = tuple(None if pd.isna(c[k]) else c[k] for k in keys)  # NaN != NaN: the baseline's blank groups
+        row = rows.setdefault(values, dict(zip(["Method", *group_by], values)))
         row[c["task"]] = fmt(c)
-    return pd.DataFrame(list(rows.values()), columns=["Method", *group_by, *tasks, "Avg"]).fillna("–")
+    return pd.DataFrame(list(rows.values()), columns=["Method", *group_by, *tasks, "Avg"], dtype=object).fillna("–")
 
 
 def paired(df, runs, a, b, group_by, tie_tol=0.0):
