@@ -64,9 +64,10 @@ def test_the_main_comparison_uses_each_methods_validation_chosen_lr():
     assert chosen == best
 
 
-def test_the_cls_comparison_uses_each_methods_validation_chosen_lr():
-    best = _spread_best_lr((ROOT / "docs" / "results" / "cls_lr_val.md").read_text())
+def test_the_cls_comparison_runs_each_method_at_its_main_comparison_lr():
+    """Section 5 changes the pooling only: its runs use the sst2 lrs of the main comparison."""
     script = SCRIPT.read_text()
-    chosen = {("PT", "sst2"): float(re.search(r"LR_PT_CLS=([0-9.]+)", script).group(1)),
-              ("Residual PT (MLP1)", "sst2"): float(re.search(r"LR_RES_CLS=([0-9.]+)", script).group(1))}
-    assert chosen == best
+    block = script[script.index("# 5. The prompt carries the task"):script.index("# 6. Cost")]
+    assert "sst2-pt_cls-len10-lr${LR_PT[sst2]}-" in block and "sst2-pt-len10-lr${LR_PT[sst2]}-" in block
+    assert "sst2-residual_pt_cls-len10-lr${LR_RES[sst2]}-" in block
+    assert "sst2-residual_pt-len10-lr${LR_RES[sst2]}-" in block
