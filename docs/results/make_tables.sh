@@ -12,9 +12,9 @@ TIE=0.5   # paired differences within +-0.5 points (x 100) count as ties
 # Each method's lr per task: the best mean validation score over the lr grid's 3 seeds (lr_val.md's "best lr";
 # tests/test_results_doc.py checks that these are its choices). cola has no grid for PT + MLP1 without the skip:
 # it runs at Residual PT's lr there.
-declare -A LR_PT=([sst2]=@PT_SST2@ [stsb]=@PT_STSB@ [cola]=0.1)
-declare -A LR_NORES=([sst2]=@NORES_SST2@ [stsb]=@NORES_STSB@ [cola]=0.1)
-declare -A LR_RES=([sst2]=@RES_SST2@ [stsb]=@RES_STSB@ [cola]=0.1)
+declare -A LR_PT=([sst2]=0.03 [stsb]=1 [cola]=0.1)
+declare -A LR_NORES=([sst2]=0.01 [stsb]=3 [cola]=0.1)
+declare -A LR_RES=([sst2]=1 [stsb]=0.03 [cola]=0.1)
 
 # 1. Screen: a linear head on the frozen mean-pooled encoder, no prompt, every task, seeds 1-3; against a constant
 MT $R/*-head_only-*-seed[123] --metric test --baseline --out $T/screen_test > $T/screen_test.md
@@ -25,7 +25,7 @@ MT $R/*-head_only-*-seed[123] --metric best_val > $T/screen_val.md
 LR=$(ls -d $R/{sst2,stsb,cola}-{pt,residual_pt}-len10-lr*-seed[123] $R/{sst2,stsb}-mlp_nores-len10-lr*-seed[123])
 MT $LR --metric best_val --group_by lr --spread lr > $T/lr_val.md     # "best lr": each method's chosen lr per task
 MT $LR --metric test --group_by lr --spread lr --out $T/lr_test > $T/lr_test.md
-python scripts/plot_curves.py $LR --metric test --out $T/lr > /dev/null  # score_vs_lr.png
+python scripts/plot_curves.py $LR --metric test --group_by lr --out $T/lr > /dev/null  # score_vs_lr.png
 # Runs on the tasks with signal (sst2, stsb) that ended near a constant prediction: test score at most 10 points
 # (x 100) above their test half's constant
 python - $LR > $T/near_constant.md <<'PY'
@@ -58,9 +58,9 @@ MT $MAIN --metric best_val > $T/main_val.md
 MT $MAIN --metric test --paired "Residual PT (MLP1)" PT --tie_tol $TIE --out $T/paired_res_pt > $T/paired_res_pt.md
 MT $MAIN --metric test --paired "Residual PT (MLP1)" "PT + MLP1 (no residual)" --tie_tol $TIE > $T/paired_res_nores.md
 MT $MAIN --metric test --paired "PT" "Head only" --tie_tol $TIE > $T/paired_pt_head.md
-MT $MAIN --metric norm_ratio > $T/norm_ratio.md
-MT $MAIN --metric branch_ratio > $T/branch_ratio.md
 PROMPT_MAIN=$(for d in $MAIN; do case $d in *head_only*) ;; *) echo $d;; esac; done)
+MT $PROMPT_MAIN --metric norm_ratio > $T/norm_ratio.md
+MT $PROMPT_MAIN --metric branch_ratio > $T/branch_ratio.md
 python scripts/convergence.py $PROMPT_MAIN --epochs 1,2,3,5,10 > $T/convergence.md
 python scripts/plot_curves.py $PROMPT_MAIN --out $T/curves > /dev/null      # val_curves.png
 
