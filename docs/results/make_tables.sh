@@ -25,7 +25,7 @@ MT $R/*-head_only-*-seed[123] --metric best_val > $T/screen_val.md
 LR=$(ls -d $R/{sst2,stsb,cola}-{pt,residual_pt}-len10-lr*-seed[123] $R/{sst2,stsb}-mlp_nores-len10-lr*-seed[123])
 MT $LR --metric best_val --group_by lr --spread lr > $T/lr_val.md     # "best lr": each method's chosen lr per task
 MT $LR --metric test --group_by lr --spread lr --out $T/lr_test > $T/lr_test.md
-python scripts/plot_curves.py $LR --metric test --group_by lr --out $T/lr > /dev/null  # score_vs_lr.png
+python scripts/plot_curves.py $LR --metric test --group_by lr --figures score_vs_lr --out $T/lr > /dev/null  # score_vs_lr.png
 # Runs on the tasks with signal (sst2, stsb) that ended near a constant prediction: test score at most 10 points
 # (x 100) above their test half's constant
 python - $LR > $T/near_constant.md <<'PY'
