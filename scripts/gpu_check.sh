@@ -86,7 +86,7 @@ MODEL="$WORK/model_$SHAPE"
 step make_model 180 required -- "$PY" scripts/make_tiny_t5.py "$MODEL" --shape "$SHAPE" --vocab_dir "$DATA/t5_vocab"
 
 RPT_GPU_MODEL="$MODEL" RPT_SHARED="$(dirname "$DATA")" \
-  step gpu_tests 300 required -- "$PY" -m pytest -q -rs -m gpu tests/test_gpu.py --junitxml "$WORK/gpu_tests.xml"
+  step gpu_tests 300 required -- "$PY" -m pytest -q -rs -n 0 -m gpu tests/test_gpu.py --junitxml "$WORK/gpu_tests.xml"
 
 for prec in "${PRECISIONS[@]}"; do
   opt=required; [ "$prec" = fp32 ] || opt=optional

@@ -27,6 +27,12 @@ FIXTURE_DATA = ROOT / "tests" / "fixtures" / "data"
 # The project modules are plain files at the root, not a package: make them importable however pytest is called.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# Under pytest-xdist (pytest.ini runs the suite on several worker processes) each worker and every child process it
+# starts computes on one thread: workers side by side on the machine's cores, none waiting for another's threads.
+# Set before anything imports torch; the children inherit it through os.environ.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 # Tests never touch the network: anything that would reach the Hugging Face Hub fails fast instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -12,7 +12,7 @@ Steps are counted from 1 within this process.
 SIGNAL (SIGTERM, SIGUSR1, SIGINT) to itself once, inside PHASE (the first call of the function PHASES names),
 from inside a ``try: ... except Exception`` as library code has (a stop must not be raised into it), after
 printing "fault_runner: SIGNAL in PHASE" on stderr. PHASE imports: while train.py (run as __main__) imports
-transformers; teardown: from an atexit function, while the interpreter shuts down.
+transformers; teardown: from an atexit function, while the process ends (train.leave runs them).
 """
 import os
 import signal
@@ -78,7 +78,7 @@ def stop_in(phase, sig, argv):
             return real(*args, **kwargs)
 
         setattr(owner, attr, wrapped)
-    sys.exit(train.main(argv, own_process=True))
+    train.leave(train.main(argv, own_process=True))  # as train.py ends as __main__
 
 
 argv = sys.argv[sys.argv.index("--") + 1:]
@@ -120,4 +120,4 @@ def write(path, fn):
 
 train_utils.train_step = step
 run_folder.atomic_write = write
-sys.exit(train.main(argv, own_process=True))
+train.leave(train.main(argv, own_process=True))

@@ -392,3 +392,15 @@ def test_prefix_path_fifo_is_refused_not_waited_on(ws, tiny_t5_dir):
     os.mkfifo(ws / "prompt_fifo")
     refused(ws, base_args(tiny_t5_dir, ws) + ["--save_name", "new", "--prefix_path", str(ws / "prompt_fifo")],
             "not a regular file")
+
+
+def test_train_py_ends_with_mains_code_after_atexit_functions_and_flushed_output():
+    """train.py as __main__ ends through train.leave (no interpreter teardown): the exit code is main's, functions
+    registered with atexit still run, and output still in the buffers (no newline, no flush) reaches the pipe."""
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('atexit ran', flush=True)); "
+            "print('buffered', end=''); sys.argv = ['train.py', '--task', 'cb', '--lr', '-1', '--save_name', 'x']; "
+            "runpy.run_path('train.py', run_name='__main__')")
+    r = run_py(["-c", code])
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "bufferedatexit ran\n"
+    assert r.stderr.strip() == "train.py: error: learning rates must be positive and finite, got --lr -1.0"
