@@ -12,14 +12,12 @@ import re
 import sys
 
 from data_utils import TASKS
-from distributed import world_size
 from residual_prompts.errors import EXIT_BAD_INPUT, ConfigError
-from residual_prompts.models import POOLINGS, PRECISIONS, default_pooling, looks_like_path
-from residual_prompts.prompts import INITIALIZERS
-from res_mlp import REPARAM_NAMES, USES_MLP_OPTIONS
+from residual_prompts.names import (INITIALIZER_NAMES, OPTIMIZER_NAMES, POOLINGS, PRECISION_NAMES, REPARAM_NAMES,
+                                    USES_MLP_OPTIONS, default_pooling, looks_like_path)
 from run_files import NOT_DEFINING
+from torchrun_env import world_size
 from tracking import check_available
-from train_utils import OPTIMIZERS as OPTIMIZER_NAMES
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds in [0, 2**32 - 1]
 MAX_NAME_BYTES = 255  # one path component on common file systems
@@ -256,7 +254,7 @@ def _new_flags(a):
     a("--data_dir", type=str, default=os.environ.get("RPT_DATA_DIR"),
       help="offline data: folder with glue/ and super_glue/ official downloads (python scripts/get_data.py DIR "
            "writes one); unset: $RPT_DATA_DIR, else the Hub (now: %(default)s)")
-    a("--prompt_init", type=str, default=None, choices=list(INITIALIZERS),
+    a("--prompt_init", type=str, default=None, choices=list(INITIALIZER_NAMES),
       help="vocab (default, original), vocab_top5000 (Lester et al.), uniform, class_labels, file")
     a("--overwrite", type=int, default=0, choices=[0, 1],
       help="1: start over in a run folder that holds results or a checkpoint (its files are replaced)")
@@ -286,7 +284,7 @@ def _new_flags(a):
       help="validate every N epochs (0: original rule, 1 if num_epochs <= 50, 5 if <= 200, else 25)")
     a("--eval_batch_size", type=int, default=0,
       help="evaluation batch size (0: 4 x --batch_size); scores and the reported loss do not depend on it")
-    a("--precision", type=str, default="fp32", choices=list(PRECISIONS),
+    a("--precision", type=str, default="fp32", choices=list(PRECISION_NAMES),
       help="bf16/fp16: frozen weights stored in that dtype (weights that train: fp32 + autocast); prompt, MLP, head, "
            "loss fp32. Changes numbers (tiny T5, 20 steps: 0.12%% off fp32); slower without bf16 units (warned)")
     a("--tf32", type=int, default=0, choices=[0, 1], help="1: TF32 matmuls on Ampere+ GPUs (faster, changes numbers)")

@@ -40,18 +40,27 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 
-import torch  # noqa: E402
-
-import data_utils  # noqa: E402
-import distributed  # noqa: E402
-from residual_prompts import models  # noqa: E402
-import run_folder as rf  # noqa: E402
-import tracking  # noqa: E402
-import train_utils as tu  # noqa: E402
 from arguments import build_parser, check_args, check_model_folder  # noqa: E402
 from residual_prompts.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED,  # noqa: E402
-                                     ConfigError, DataError)
-from train_utils import Interrupted  # noqa: E402
+                                     ConfigError, DataError, Interrupted)
+
+# The run's libraries: torch, and transformers through models (~2-3 s), loaded by load_libraries() once the
+# arguments are checked, so that bad input is refused at once.
+torch = data_utils = distributed = models = rf = tracking = tu = None
+
+
+def load_libraries():
+    """Import the run's libraries into this module's names above (once; later calls find them loaded)."""
+    global torch, data_utils, distributed, models, rf, tracking, tu
+    import torch
+
+    import data_utils
+    import distributed
+    import run_folder as rf
+    import tracking
+    import train_utils as tu
+    from residual_prompts import models
+
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -401,7 +410,8 @@ def main(argv=None, own_process=False):
             code = _main(args, stop)
         finally:
             stop.exit_code = code  # decided: a stop during the shutdown exits with it, at once
-            distributed.shutdown()
+            if distributed is not None:
+                distributed.shutdown()
     return code
 
 
@@ -409,6 +419,7 @@ def _main(args, stop):
     try:
         try:
             check_args(args)
+            load_libraries()
             return run(args, stop)
         except Interrupted as e:
             where = os.path.join(args.save_dir, args.save_name)

@@ -16,7 +16,7 @@ import torch
 
 import data_utils
 from distributed import SINGLE
-from residual_prompts.errors import ConfigError
+from residual_prompts.errors import ConfigError, Interrupted  # noqa: F401  (Interrupted: re-exported)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -289,15 +289,6 @@ def mean_of_batch_means(sums, counts, batch_size):
 # --------------------------------------------------------------------------------------------------------------
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-class Interrupted(RuntimeError):
-    """A stop was requested (SIGTERM/SIGUSR1/SIGINT). ``checkpointed``: the training state was written at a step
-    boundary (the trainer's stops); False where the stop came before anything resumable was written."""
-
-    def __init__(self, message, checkpointed=True):
-        super().__init__(message)
-        self.checkpointed = checkpointed
 
 
 @dataclass

@@ -16,6 +16,7 @@ from torch import nn
 from . import data, tasks
 from .base import EncodedSplit, PromptedModel
 from .errors import ConfigError
+from .names import POOLINGS
 from .prompts import TOP_PIECES
 
 # model_type of the encoder-only configs tested (tests/test_bert.py runs each one).
@@ -24,7 +25,6 @@ ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "e
 # Models whose position ids start after the pad id (fairseq style): usable positions = max_position_embeddings
 # - pad_token_id - 1 (RoBERTa: 514 - 2 = 512).
 _PAD_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
-POOLINGS = ("cls", "mean")  # what an encoder's head reads; --pooling auto resolves to one (default_pooling)
 STSB_RANGE = (0.0, 5.0)  # STS-B's score range; an encoder's predictions are clipped to it
 
 

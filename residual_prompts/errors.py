@@ -12,6 +12,15 @@ class DataError(ValueError):
     """A problem with data or task choice."""
 
 
+class Interrupted(RuntimeError):
+    """A stop was requested (SIGTERM/SIGUSR1/SIGINT). ``checkpointed``: the training state was written at a step
+    boundary (the trainer's stops); False where the stop came before anything resumable was written."""
+
+    def __init__(self, message, checkpointed=True):
+        super().__init__(message)
+        self.checkpointed = checkpointed
+
+
 # Exit codes of every entry point (train.py, predict.py and the other scripts): the one table.
 EXIT_OK = 0
 EXIT_FAILED = 1  # train.py: the run is complete but its adapter could not be written or pushed; sweep.py: a run

@@ -7,7 +7,6 @@ A new family is one wrapper class (a PromptedModel subclass) plus one entry in F
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -18,6 +17,7 @@ from .encoder import (ENCODER_TYPES, POOLINGS, STSB_RANGE, PromptedEncoderClassi
                       frequent_ids, is_regression, max_positions)
 from .causal_lm import PromptedCausalLM
 from .errors import ConfigError
+from .names import default_pooling, looks_like_path  # noqa: F401  (re-exported)
 from .prompts import SoftPrompt
 from .t5 import PromptT5
 
@@ -108,10 +108,6 @@ def load_model(name):
     return model, tokenizer
 
 
-def looks_like_path(name: str) -> bool:
-    """A model name that can only be a folder: it starts with '.' or '/', holds the system's own separator
-    where that is not '/', or more than one '/' (a Hub id is NAME or OWNER/NAME)."""
-    return name.startswith((".", "/")) or (os.sep != "/" and os.sep in name) or name.count("/") > 1
 
 
 def _check_loaded(name, config, tokenizer):
@@ -129,15 +125,6 @@ def _check_loaded(name, config, tokenizer):
                           f"only {config.vocab_size} rows; the tokenizer belongs to another model")
 
 
-def default_pooling(name) -> str:
-    """--pooling auto: "mean" when ``name`` is a local sentence-transformers folder whose pooling config says
-    mean pooling (1_Pooling/config.json), else "cls" (BERT's classification convention)."""
-    path = os.path.join(name, "1_Pooling", "config.json")
-    try:
-        with open(path) as f:
-            return "mean" if json.load(f).get("pooling_mode_mean_tokens") else "cls"
-    except (OSError, ValueError, AttributeError):
-        return "cls"
 
 
 def freeze_model(model, freeze: bool, except_substring: str):

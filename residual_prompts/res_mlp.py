@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .names import REPARAM_NAMES, USES_MLP_OPTIONS  # noqa: F401  (re-exported)
+
 NONLINEARITIES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigm": nn.Sigmoid}
 
 # Dropout inside the LSTM and transformer variants is fixed at 0.05, as in the original.
@@ -104,10 +106,6 @@ NETWORKS = {
     "LSTM2": ResMLP._build_lstm,
     "transformer": ResMLP._build_transformer,
 }
-# "None" = plain prompt tuning (Lester et al., 2021): the prompt is used as it is.
-REPARAM_NAMES = ("None",) + tuple(NETWORKS)
-# Which options each kind reads; the CLI refuses an option given for a kind that would ignore it.
-USES_MLP_OPTIONS = ("MLP1", "MLP2")
 
 
 class SeparateReparam(nn.ModuleList):

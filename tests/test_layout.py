@@ -156,3 +156,32 @@ def test_the_wheel_holds_the_package_only(tmp_path):
     wheel = next((tmp_path / "dist").glob("residual_prompts-*.whl"))
     tops = {Path(n).parts[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not re.search(r"\.dist-info$", t)} == {"residual_prompts"}
+
+
+def test_the_choice_names_are_the_keys_of_what_acts_on_them():
+    """residual_prompts/names.py (torch-free, read by the parser) lists exactly the keys, in order, of the maps
+    that act on each name."""
+    import train_utils
+    from residual_prompts import base, names, prompts, res_mlp
+
+    assert tuple(res_mlp.NETWORKS) == names.NETWORK_NAMES
+    assert tuple(prompts.INITIALIZERS) == names.INITIALIZER_NAMES
+    assert tuple(base.PRECISIONS) == names.PRECISION_NAMES
+    assert tuple(train_utils.OPTIMIZERS) == names.OPTIMIZER_NAMES
+
+
+@pytest.mark.slow
+def test_bad_input_is_refused_before_torch_loads():
+    """train.py checks its arguments before it imports torch and transformers: a bad value is refused in a
+    fraction of a second, and `scripts/sweep.py list` (which checks every run with the same parser) needs neither."""
+    code = ("import sys, train; rc = train.main(['--task', 'cb', '--lr', '-1', '--save_name', 'x']); "
+            "print(rc, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "2 []", (out.stdout, out.stderr[-1500:])
+    assert out.stderr.strip() == "train.py: error: learning rates must be positive and finite, got --lr -1.0"
+    code = ("import sys, runpy, atexit; sys.argv = ['sweep.py', 'list', 'scripts/sweeps/table1.yaml']; "
+            "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)); "
+            "runpy.run_path('scripts/sweep.py', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "--prefix_MLP MLP1" in out.stdout, out.stderr[-1500:]
+    assert out.stderr.strip().splitlines()[-1] == "NO_TORCH", out.stderr[-1500:]
