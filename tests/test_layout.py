@@ -185,3 +185,15 @@ def test_bad_input_is_refused_before_torch_loads():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "--prefix_MLP MLP1" in out.stdout, out.stderr[-1500:]
     assert out.stderr.strip().splitlines()[-1] == "NO_TORCH", out.stderr[-1500:]
+
+
+def test_no_tracked_file_is_over_one_megabyte():
+    """Nothing large is committed (records, figures and docs stay small; data and models live outside)."""
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, timeout=60)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    sizes = {name: (ROOT / name).stat().st_size for name in out.stdout.decode().split("\0")
+             if name and (ROOT / name).is_file()}
+    assert sizes, "git ls-files listed nothing"
+    big = {name: size for name, size in sizes.items() if size > 1_000_000}
+    assert not big, big
