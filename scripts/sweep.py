@@ -461,7 +461,7 @@ def skip_reason(run):
     A finished run with other arguments goes to train.py, which refuses it with the differences."""
     path = run_dir(run["argv"])
     state = run_state(path)
-    if state == "running":  # e.g. a child of a sweep.py that was killed (kill -9): still training, not failed
+    if state == "running":  # e.g. a run another sweep or a user started: still training, not failed
         import run_files
 
         return f"running: {_show(path)} is locked by {run_files.lock_holder(path) or 'another process'}"
@@ -528,6 +528,23 @@ def _last_line(path):
     return lines[-1][:300] if lines else ""
 
 
+
+def _stop_with_parent(parent_pid):
+    """preexec_fn of a run's train.py: on Linux, ask the kernel to send it SIGTERM when this sweep process dies, even
+    by kill -9 (prctl PR_SET_PDEATHSIG), so that no run goes on unseen after its sweep: it checkpoints and exits 75,
+    and the same sweep command continues it. Elsewhere (no prctl) nothing changes."""
+    def setup():
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent_pid:  # the sweep died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return setup
+
 class LocalSweep:
     """Runs the selected runs here, ``jobs`` train.py processes at a time (each in a session of its own: a signal
     reaches them through this process only, once)."""
@@ -576,7 +593,8 @@ class LocalSweep:
                     f"{'' if gpu is None else f' on GPU {gpu}'}: {shlex.join(argv)}\n")
             f.flush()
             proc = subprocess.Popen(argv, env=self._env(gpu), stdin=subprocess.DEVNULL, stdout=f,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_stop_with_parent(os.getpid()))
         self.running[i] = (proc, time.time(), gpu, log)
         self._say(f"start {i} {run['name']}{'' if gpu is None else f' (GPU {gpu})'}: log {_show(log)}")
 

@@ -133,3 +133,51 @@ def test_gpus_are_shared_out_one_run_each(sweep, tmp_path, monkeypatch):
     assert sweep.LocalSweep(runs, [0, 1, 2], "t", 2, None, "x")._env(None)["OMP_NUM_THREADS"] == "8"
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert sweep.LocalSweep(runs, [0], "t", 4, None, "x")._env(None)["OMP_NUM_THREADS"] == "2"
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_stops_its_runs_with_a_checkpoint(tiny_t5_anywhere, fixture_data_dir, tmp_path):
+    """kill -9 of `sweep.py run`: its train.py (a session of its own, so no terminal signal reaches it) gets SIGTERM
+    from the kernel (PR_SET_PDEATHSIG), checkpoints at the next step boundary and exits: no run trains on unseen."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import run_files
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    save_dir, logs = tmp_path / "runs", tmp_path / "logs"
+    spec = json.loads(write_sweep(tmp_path / "long.json", tiny_t5_anywhere, fixture_data_dir, save_dir,
+                                  seeds=(1,)).read_text())
+    spec["fixed"].update(num_epochs=500, batch_size=2)  # minutes of training: it must be stopped, not finish
+    (tmp_path / "long.json").write_text(json.dumps(spec))
+    sweep_proc = subprocess.Popen([sys.executable, str(SWEEP_PY), "run", str(tmp_path / "long.json"), "all",
+                                   "--logs", str(logs)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run = save_dir / "cb-len10-lr0.3-seed1"
+    holder, deadline = None, time.time() + 300
+    while time.time() < deadline and not ((run / run_files.METRICS_LOG).exists() and holder):  # in the loop
+        holder = run_files.lock_holder(str(run))
+        time.sleep(0.2)
+    assert holder, "the run never started"
+    pid = int(holder.split()[1])  # "pid N on host H"
+    sweep_proc.kill()
+    sweep_proc.wait(timeout=60)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"train.py (pid {pid}) kept running after its sweep was killed")
+    log = (logs / "0.log").read_text()
+    assert "SIGTERM received" in log, log[-2000:]
+    assert (run / run_files.TRAIN_STATE).exists(), log[-2000:]  # the checkpoint the same command continues from
+    assert not run_files.is_complete(run_files.read_json(str(run / run_files.RESULTS)) or {},
+                                     run_files.read_json(str(run / run_files.ARGS)))
+    assert run_files.lock_holder(str(run)) is None
