@@ -395,12 +395,17 @@ def test_prefix_path_fifo_is_refused_not_waited_on(ws, tiny_t5_dir):
 
 
 def test_train_py_ends_with_mains_code_after_atexit_functions_and_flushed_output():
-    """train.py as __main__ ends through train.leave (no interpreter teardown): the exit code is main's, functions
-    registered with atexit still run, and output still in the buffers (no newline, no flush) reaches the pipe."""
-    code = ("import atexit, runpy, sys; atexit.register(lambda: print('atexit ran', flush=True)); "
-            "print('buffered', end=''); sys.argv = ['train.py', '--task', 'cb', '--lr', '-1', '--save_name', 'x']; "
+    """train.py as __main__ ends through train.leave (no interpreter teardown) as the interpreter would end: a
+    non-daemon thread still working is waited for, an idle executor's workers are told to stop (no hang), functions
+    registered with atexit run, output still in the buffers (no newline, no flush) reaches the pipe, and the exit
+    code is main's."""
+    code = ("import atexit, runpy, sys, threading, time, concurrent.futures as cf; "
+            "ex = cf.ThreadPoolExecutor(1); ex.submit(int).result(); "  # an idle worker thread, not a daemon
+            "threading.Thread(target=lambda: (time.sleep(1), print('thread done', end=' '))).start(); "
+            "atexit.register(lambda: print('atexit ran', flush=True)); "
+            "print('buffered', end=' '); sys.argv = ['train.py', '--task', 'cb', '--lr', '-1', '--save_name', 'x']; "
             "runpy.run_path('train.py', run_name='__main__')")
-    r = run_py(["-c", code])
+    r = run_py(["-c", code], timeout=120)
     assert r.returncode == 2, r.stderr
-    assert r.stdout == "bufferedatexit ran\n"
+    assert r.stdout == "buffered thread done atexit ran\n"
     assert r.stderr.strip() == "train.py: error: learning rates must be positive and finite, got --lr -1.0"
