@@ -143,11 +143,18 @@ def matmul_rate(device, dtype, n=None, seconds=2.0):
 RATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def sample_rates(device, rates):
-    """Measure the fp32 and the bf16 matrix-product rates now and append them to ``rates`` ({"fp32": [...],
-    "bf16": [...]}); -> rates."""
+def _positive_seconds(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def sample_rates(device, rates, seconds=2.0):
+    """Measure the fp32 and the bf16 matrix-product rates now (``seconds`` each) and append them to ``rates``
+    ({"fp32": [...], "bf16": [...]}); -> rates."""
     for name, dtype in RATE_DTYPES.items():
-        rates.setdefault(name, []).append(matmul_rate(device, dtype))
+        rates.setdefault(name, []).append(matmul_rate(device, dtype, seconds=seconds))
     return rates
 
 
@@ -547,6 +554,9 @@ def build_parser():
     p.add_argument("--run_flops", default=None, metavar="RUN_DIR",
                    help="only count the FLOPs of a finished train.py run and report its MFU (see gpu_check.sh)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--rate_seconds", type=_positive_seconds, default=2.0,
+                   help="seconds of each measurement of the matrix-product rates (the best product counts; shorter "
+                        "is noisier: tests use 0.2)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads (torch.set_num_threads; default 0: torch's choice). On a CPU shared with other "
                         "jobs, 1 avoids threads waiting for each other at every operator")
@@ -578,7 +588,7 @@ def bench_task(task_name, configs, model, tokenizer, steps, eval_rows, device, r
     mean_len = np.mean([len(s) for s in train.source_ids])
     rows, wrappers = {}, {}
     for name in configs:
-        sample_rates(device, rates)  # the rates drift on a VM: sampled before every configuration
+        sample_rates(device, rates, args.rate_seconds)  # the rates drift on a VM: sampled before every configuration
         started = time.perf_counter()
         if name == "peft":
             try:
@@ -639,7 +649,7 @@ def write_json(path, obj):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.run_flops:
-        out = run_flops(args.run_flops, args.device)
+        out = run_flops(args.run_flops, args.device, args.rate_seconds)
         print(json.dumps(out, indent=2))
         write_json(args.json, out)
         return
@@ -650,7 +660,7 @@ def main(argv=None):
     device = tu.resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rates = sample_rates(device, {})
+    rates = sample_rates(device, {}, args.rate_seconds)
     peak, peak_name, fp32, _ = rate_summary(rates)
     configs = resolve_configs(args, device, bf16_faster=rates["bf16"][0] > rates["fp32"][0])
     vocab = os.path.join(args.data_dir, "t5_vocab")

@@ -54,11 +54,11 @@ if [ ! -d "$DATA/t5_vocab" ] || [ ! -d "$DATA/super_glue" ]; then
   exit 2
 fi
 if [ "$QUICK" = 1 ]; then
-  SHAPE=tiny; EPOCHS=1
+  SHAPE=tiny; EPOCHS=1; RATE=(--rate_seconds 0.2)  # the matrix-product rate: short samples (the timings mean nothing)
   BENCH=(--shape tiny --steps 2 --eval_rows 8 --tasks cb --configs original,ours --eval_compare --compare_rows 16
-         --repeats 1)
+         --repeats 1 --rate_seconds 0.2)
 else
-  SHAPE=t5-base; EPOCHS=20
+  SHAPE=t5-base; EPOCHS=20; RATE=()
   BENCH=(--shape t5-base --tasks rte_superglue --configs original,ours,ours_bf16,peft --eval_compare --repeats 2)
 fi
 [ "$DEVICE" = cpu ] && PRECISIONS=(fp32) || PRECISIONS=(fp32 bf16)
@@ -95,7 +95,7 @@ for prec in "${PRECISIONS[@]}"; do
     --save_name "cb_$prec"
   if [ -f "$WORK/runs/cb_$prec/results.json" ]; then
     step "cb_${prec}_flops" 120 "$opt" -- "$PY" scripts/benchmark.py --run_flops "$WORK/runs/cb_$prec" \
-      --device "$DEVICE" --json "$WORK/cb_${prec}_flops.json"
+      "${RATE[@]}" --device "$DEVICE" --json "$WORK/cb_${prec}_flops.json"
   fi
 done
 

@@ -185,7 +185,7 @@ def test_benchmark_script_prints_the_tables(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     proc = run_py(["scripts/benchmark.py", "--shape", "tiny", "--steps", "2", "--eval_rows", "8", "--tasks", "cb",
                    "--configs", "original,ours,ours_nodrop", "--data_dir", str(data_dir), "--eval_compare", "--compare_rows", "12",
-                   "--repeats", "1", "--json", str(out)])
+                   "--repeats", "1", "--rate_seconds", "0.2", "--json", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     head = proc.stdout.index("| configuration | train ex/s")
     lines = [line for line in proc.stdout[head:].splitlines()[2:5]]
