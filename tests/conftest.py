@@ -53,6 +53,33 @@ def run_py(args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=timeout)
 
 
+def trainer_losses(model, batches, collate, out_dir, lr=0.3):
+    """The losses of transformers.Trainer running ``model`` (a PromptedModel) one step per batch, in order, with
+    AdamW over ``model.param_groups(lr)`` (eps 1e-8, weight decay 1e-5: train.py's torch_adamw), a constant lr and no
+    clipping: what the API's Trainer tests compare with train_utils.train_step. ``collate(batch)`` -> the model's
+    keyword inputs."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    seen = []
+    hook = model.register_forward_hook(lambda m, i, out: seen.append(float(out.loss.detach())))
+
+    class Fixed(torch.utils.data.IterableDataset):  # the same batches in the same order, one element each
+        def __iter__(self):
+            return iter(range(len(batches)))
+
+    args = TrainingArguments(output_dir=str(out_dir), max_steps=len(batches), per_device_train_batch_size=1,
+                             learning_rate=lr, lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no",
+                             report_to="none", disable_tqdm=True, use_cpu=True, remove_unused_columns=False)
+    optimizer = torch.optim.AdamW(model.param_groups(lr), lr=lr, eps=1e-8, weight_decay=1e-5)
+    try:
+        Trainer(model=model, args=args, train_dataset=Fixed(), data_collator=lambda i: collate(batches[i[0]]),
+                optimizers=(optimizer, None)).train()
+    finally:
+        hook.remove()
+    return seen
+
+
 # ---- data and models written for the tests (no ../shared) ----------------------------------------------------
 # A T5 vocabulary in the real one's layout: <pad> 0, </s> 1, <unk> 2, pieces, then <extra_id_99> .. <extra_id_0>.
 # The CB label words are cut into pieces (2 + 2 + 1) so that class-label initialization averages several rows.

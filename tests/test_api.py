@@ -9,7 +9,7 @@ import torch
 
 import data_utils
 import train_utils as tu
-from conftest import ROOT, run_py
+from conftest import ROOT, run_py, trainer_losses
 from residual_prompts import (ConfigError, ResidualPromptConfig, get_residual_prompt_model, load_model,
                               load_residual_prompt)
 
@@ -82,8 +82,6 @@ def _hf(batch, pad_id):
 def test_trainer_steps_equal_train_py_train_steps(t5_nodrop, fixture_data_dir, tmp_path):
     """Three steps of transformers.Trainer on the API model against three train_utils.train_step calls (what train.py
     runs), same init, batches and optimizer (AdamW over param_groups, wd 1e-5): same losses and prompts (1e-6)."""
-    from transformers import Trainer, TrainingArguments
-
     config = ResidualPromptConfig(num_virtual_tokens=5, reparameterization="MLP1", bottleneck=16)
     ours, tok, task = _t5(t5_nodrop, config)
     batches = _cb_batches(ours, tok, task, fixture_data_dir)
@@ -92,19 +90,7 @@ def test_trainer_steps_equal_train_py_train_steps(t5_nodrop, fixture_data_dir, t
     expected = [float(tu.train_step(ours, opt, b)) for b in batches]
 
     rp, _, _ = _t5(t5_nodrop, config)
-    seen = []
-    rp.register_forward_hook(lambda m, i, out: seen.append(float(out.loss.detach())))
-
-    class Fixed(torch.utils.data.IterableDataset):  # the same batches in the same order, one element each
-        def __iter__(self):
-            return iter(range(len(batches)))
-
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=1, learning_rate=0.3,
-                             lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no", report_to="none",
-                             disable_tqdm=True, use_cpu=True, remove_unused_columns=False)
-    optimizer = torch.optim.AdamW(rp.param_groups(0.3), lr=0.3, eps=1e-8, weight_decay=1e-5)
-    Trainer(model=rp, args=args, train_dataset=Fixed(), data_collator=lambda i: _hf(batches[i[0]], rp.pad_id),
-            optimizers=(optimizer, None)).train()
+    seen = trainer_losses(rp, batches, lambda b: _hf(b, rp.pad_id), tmp_path)
     assert len(seen) == 3
     for a, b in zip(seen, expected):
         assert abs(a - b) <= 1e-6 * abs(b)

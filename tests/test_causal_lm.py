@@ -17,7 +17,7 @@ import torch
 
 import data_utils
 import train_utils as tu
-from conftest import FIXTURE_DATA, run_py
+from conftest import FIXTURE_DATA, run_py, trainer_losses
 from residual_prompts import ResidualPromptConfig, family_of, get_residual_prompt_model, load_model
 from residual_prompts.causal_lm import PAD, PromptedCausalLM
 
@@ -269,8 +269,6 @@ def test_trainer_steps_equal_train_py_train_steps(written_t5_tokenizer, tmp_path
     """transformers.Trainer on get_residual_prompt_model's causal LM wrapper, fed Hugging Face batches (input_ids =
     source + target, labels -100 but on the target), against train_utils.train_step on train.py's batches: the same
     losses and prompts (1e-6) after three steps."""
-    from transformers import Trainer, TrainingArguments
-
     tok = written_t5_tokenizer
     config = ResidualPromptConfig(num_virtual_tokens=4, reparameterization="MLP1", bottleneck=8)
     ours = wrap(tiny_llama, tok, config)
@@ -280,19 +278,7 @@ def test_trainer_steps_equal_train_py_train_steps(written_t5_tokenizer, tmp_path
     expected = [float(tu.train_step(ours, opt, b)) for b in bs]
 
     rp = wrap(tiny_llama, tok, config)
-    seen = []
-    rp.register_forward_hook(lambda m, i, out: seen.append(float(out.loss.detach())))
-
-    class Fixed(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            return iter(range(len(bs)))
-
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=1, learning_rate=0.3,
-                             lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no", report_to="none",
-                             disable_tqdm=True, use_cpu=True, remove_unused_columns=False)
-    optimizer = torch.optim.AdamW(rp.param_groups(0.3), lr=0.3, eps=1e-8, weight_decay=1e-5)
-    Trainer(model=rp, args=args, train_dataset=Fixed(), optimizers=(optimizer, None),
-            data_collator=lambda i: hf_inputs(bs[i[0]], tok.pad_token_id)).train()
+    seen = trainer_losses(rp, bs, lambda b: hf_inputs(b, tok.pad_token_id), tmp_path)
     assert len(seen) == 3 and expected[0] != expected[2]
     for a, b in zip(seen, expected):
         assert abs(a - b) <= 1e-6 * abs(b)
